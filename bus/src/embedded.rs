@@ -1,0 +1,170 @@
+//! The embedded broker: librdkafka's mock cluster, started in process for
+//! the demo and fast tests. It speaks the Kafka protocol on loopback ports,
+//! so any Kafka client can connect to [`EmbeddedBroker::bootstrap_servers`].
+//! It is not durable: everything is lost when the process exits.
+//!
+//! The mock cluster handle is not `Send`, so it lives on a thread of its own
+//! and is driven by messages; this also gives tests fault injection
+//! (`broker_down`, `request_errors`) from any task. It must never be used
+//! where durability is promised.
+
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+use crate::topics::{Topic, Topics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("embedded broker failed to start: {0}")]
+    Start(String),
+    #[error("embedded broker: {0}")]
+    Op(String),
+    #[error("embedded broker thread has stopped")]
+    Stopped,
+}
+
+type Reply = mpsc::Sender<Result<(), String>>;
+
+enum Request {
+    CreateTopic { name: String, partitions: i32, reply: Reply },
+    BrokerDown { id: i32, reply: Reply },
+    BrokerUp { id: i32, reply: Reply },
+    RequestErrors { api: RDKafkaApiKey, errors: Vec<RDKafkaRespErr>, reply: Reply },
+    ClearRequestErrors { api: RDKafkaApiKey, reply: Reply },
+    Stop,
+}
+
+/// A running mock cluster. Dropping it stops the cluster.
+pub struct EmbeddedBroker {
+    bootstrap: String,
+    requests: Mutex<mpsc::Sender<Request>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for EmbeddedBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBroker").field("bootstrap", &self.bootstrap).finish()
+    }
+}
+
+impl EmbeddedBroker {
+    /// Starts a cluster of `brokers` brokers on loopback.
+    pub fn start(brokers: i32) -> Result<EmbeddedBroker, EmbeddedError> {
+        let (tx, rx) = mpsc::channel::<Request>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+        let thread = std::thread::Builder::new()
+            .name("embedded-broker".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(brokers) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                serve(&cluster, rx);
+            })
+            .map_err(|e| EmbeddedError::Start(e.to_string()))?;
+        let bootstrap = ready_rx
+            .recv()
+            .map_err(|_| EmbeddedError::Start("thread ended".into()))?
+            .map_err(EmbeddedError::Start)?;
+        tracing::warn!(%bootstrap, "embedded kafka broker started; it is not durable");
+        Ok(EmbeddedBroker {
+            bootstrap,
+            requests: Mutex::new(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address any Kafka client can bootstrap from.
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Creates a topic (the mock cluster has no CreateTopics API).
+    /// Creating one that exists is not an error.
+    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), EmbeddedError> {
+        self.call(|reply| Request::CreateTopic {
+            name: name.to_owned(),
+            partitions,
+            reply,
+        })
+    }
+
+    /// Creates every qzx topic under `topics`' prefix.
+    pub fn create_topics(&self, topics: &Topics, partitions: i32) -> Result<(), EmbeddedError> {
+        for topic in Topic::ALL {
+            self.create_topic(&topics.name(topic), partitions)?;
+        }
+        Ok(())
+    }
+
+    /// Fault injection: the broker stops answering.
+    pub fn broker_down(&self, id: i32) -> Result<(), EmbeddedError> {
+        self.call(|reply| Request::BrokerDown { id, reply })
+    }
+
+    pub fn broker_up(&self, id: i32) -> Result<(), EmbeddedError> {
+        self.call(|reply| Request::BrokerUp { id, reply })
+    }
+
+    /// Fault injection: the next requests of this kind fail with these
+    /// errors, one each.
+    pub fn request_errors(&self, api: RDKafkaApiKey, errors: &[RDKafkaRespErr]) -> Result<(), EmbeddedError> {
+        let errors = errors.to_vec();
+        self.call(|reply| Request::RequestErrors { api, errors, reply })
+    }
+
+    pub fn clear_request_errors(&self, api: RDKafkaApiKey) -> Result<(), EmbeddedError> {
+        self.call(|reply| Request::ClearRequestErrors { api, reply })
+    }
+
+    fn call(&self, make: impl FnOnce(Reply) -> Request) -> Result<(), EmbeddedError> {
+        let (reply, answer) = mpsc::channel();
+        self.requests
+            .lock()
+            .map_err(|_| EmbeddedError::Stopped)?
+            .send(make(reply))
+            .map_err(|_| EmbeddedError::Stopped)?;
+        answer.recv().map_err(|_| EmbeddedError::Stopped)?.map_err(EmbeddedError::Op)
+    }
+}
+
+fn serve(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>, rx: mpsc::Receiver<Request>) {
+    for request in rx {
+        let (result, reply) = match request {
+            Request::CreateTopic { name, partitions, reply } => {
+                (cluster.create_topic(&name, partitions, 1), reply)
+            }
+            Request::BrokerDown { id, reply } => (cluster.broker_down(id), reply),
+            Request::BrokerUp { id, reply } => (cluster.broker_up(id), reply),
+            Request::RequestErrors { api, errors, reply } => {
+                cluster.request_errors(api, &errors);
+                (Ok(()), reply)
+            }
+            Request::ClearRequestErrors { api, reply } => {
+                cluster.clear_request_errors(api);
+                (Ok(()), reply)
+            }
+            Request::Stop => return,
+        };
+        let _ = reply.send(result.map_err(|e| e.to_string()));
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        if let Ok(tx) = self.requests.lock() {
+            let _ = tx.send(Request::Stop);
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The producer: idempotent, `acks=all`, and a send that returns only once
+//! the broker has acknowledged the record (or the delivery timeout passed).
+//! It never reports a record delivered that the broker did not take.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+use serde::Serialize;
+
+use super::Brokers;
+use crate::cloudevents::CeAttributes;
+use crate::config::KafkaConfig;
+use crate::metrics;
+use crate::topics::{Topic, Topics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// The broker did not take the record in time: retry later (503).
+    #[error("kafka did not acknowledge {topic} within the delivery timeout: {source}")]
+    Unavailable { topic: String, source: KafkaError },
+    #[error("kafka refused the record on {topic}: {source}")]
+    Refused { topic: String, source: KafkaError },
+    #[error("could not create the kafka producer: {0}")]
+    Create(KafkaError),
+    #[error("could not serialise the record for {topic}: {source}")]
+    Serialise { topic: String, source: serde_json::Error },
+}
+
+impl ProduceError {
+    /// True when trying again later may succeed.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, ProduceError::Unavailable { .. })
+    }
+}
+
+/// Where an acknowledged record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// One record to produce: already serialised, with its CloudEvents id.
+#[derive(Debug, Clone)]
+pub struct OutRecord {
+    pub topic: Topic,
+    pub key: String,
+    /// `ce_id`: consumers recognise duplicates by it.
+    pub id: String,
+    pub subject: Option<String>,
+    pub value: Vec<u8>,
+}
+
+impl OutRecord {
+    pub fn json<T: Serialize>(topic: Topic, key: impl Into<String>, id: impl Into<String>, value: &T) -> Result<OutRecord, ProduceError> {
+        Ok(OutRecord {
+            topic,
+            key: key.into(),
+            id: id.into(),
+            subject: None,
+            value: serde_json::to_vec(value).map_err(|source| ProduceError::Serialise {
+                topic: topic.suffix().to_owned(),
+                source,
+            })?,
+        })
+    }
+}
+
+/// Shared by every task of a service (cheap to clone).
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+    topics: Topics,
+    /// `ce_source` of everything this producer writes, e.g. `/qzx/ingest`.
+    ce_source: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer").field("ce_source", &self.ce_source).finish()
+    }
+}
+
+impl Producer {
+    pub fn new(brokers: &Brokers, config: &KafkaConfig, topics: Topics, ce_source: &str) -> Result<Producer, ProduceError> {
+        let timeout = config.delivery_timeout();
+        let inner: FutureProducer = brokers
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", config.linger_ms.to_string())
+            // A record not acknowledged within this is reported failed, so
+            // a caller waiting on it learns in bounded time.
+            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .set("client.id", ce_source.trim_start_matches('/').replace('/', "-"))
+            .create()
+            .map_err(ProduceError::Create)?;
+        Ok(Producer {
+            inner,
+            topics,
+            ce_source: ce_source.to_owned(),
+            timeout,
+        })
+    }
+
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// Produces one record and waits for the broker's acknowledgement.
+    pub async fn send(&self, record: &OutRecord) -> Result<Delivered, ProduceError> {
+        let topic = self.topics.name(record.topic);
+        let mut ce = CeAttributes::new(&record.id, &self.ce_source, record.topic.ce_type());
+        ce.subject.clone_from(&record.subject);
+        let future_record = FutureRecord::to(&topic)
+            .key(record.key.as_bytes())
+            .payload(&record.value)
+            .headers(ce.to_headers());
+        let started = Instant::now();
+        let result = self.inner.send(future_record, Timeout::After(self.timeout)).await;
+        ::metrics::histogram!(metrics::KAFKA_PRODUCE_SECONDS, "topic" => record.topic.suffix())
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(delivery) => Ok(Delivered {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Err((source, _)) => {
+                ::metrics::counter!(metrics::KAFKA_PRODUCE_ERRORS_TOTAL, "topic" => record.topic.suffix()).increment(1);
+                Err(classify(topic, source))
+            }
+        }
+    }
+
+    /// Serialises `value` as JSON and sends it.
+    pub async fn send_json<T: Serialize>(&self, topic: Topic, key: &str, id: &str, value: &T) -> Result<Delivered, ProduceError> {
+        self.send(&OutRecord::json(topic, key, id, value)?).await
+    }
+
+    /// Sends every record concurrently; the results are in input order.
+    pub async fn send_all(&self, records: &[OutRecord]) -> Vec<Result<Delivered, ProduceError>> {
+        futures::future::join_all(records.iter().map(|r| self.send(r))).await
+    }
+
+    /// Waits for everything in flight (shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.inner.flush(Timeout::After(timeout)) {
+            tracing::error!(error = %e, "kafka producer could not flush before shutdown");
+        }
+    }
+}
+
+fn classify(topic: String, source: KafkaError) -> ProduceError {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    let retriable = match source.rdkafka_error_code() {
+        Some(
+            C::MessageTimedOut
+            | C::RequestTimedOut
+            | C::AllBrokersDown
+            | C::BrokerTransportFailure
+            | C::QueueFull
+            | C::NotEnoughReplicas
+            | C::NotEnoughReplicasAfterAppend
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+            | C::NetworkException
+            | C::UnknownTopicOrPartition,
+        ) => true,
+        Some(_) => false,
+        None => true,
+    };
+    if retriable {
+        ProduceError::Unavailable { topic, source }
+    } else {
+        ProduceError::Refused { topic, source }
+    }
+}

@@ -1,0 +1,37 @@
+//! Every metric name qzx exports, in one place: `qzx_<component>_<name>_<unit>`,
+//! counters ending in `_total`. Labels are bounded (sources, topics, stages,
+//! priorities, channel kinds, route templates) and never carry ids.
+
+// ingest
+pub const INGEST_EVENTS_RECEIVED_TOTAL: &str = "qzx_ingest_events_received_total";
+pub const INGEST_EVENTS_ACCEPTED_TOTAL: &str = "qzx_ingest_events_accepted_total";
+pub const INGEST_EVENTS_REJECTED_TOTAL: &str = "qzx_ingest_events_rejected_total";
+pub const INGEST_EVENTS_DUPLICATE_TOTAL: &str = "qzx_ingest_events_duplicate_total";
+pub const INGEST_DEADLETTER_TOTAL: &str = "qzx_ingest_deadletter_total";
+pub const INGEST_POSITIONS_TOTAL: &str = "qzx_ingest_positions_total";
+pub const INGEST_REQUEST_SECONDS: &str = "qzx_ingest_request_duration_seconds";
+
+// kafka (every component)
+pub const KAFKA_PRODUCE_SECONDS: &str = "qzx_kafka_produce_duration_seconds";
+pub const KAFKA_PRODUCE_ERRORS_TOTAL: &str = "qzx_kafka_produce_errors_total";
+
+// router
+pub const ROUTER_PROCESS_SECONDS: &str = "qzx_router_process_duration_seconds";
+pub const ROUTER_EVENTS_TOTAL: &str = "qzx_router_events_total";
+pub const ROUTER_ACTIONS_TOTAL: &str = "qzx_router_actions_total";
+pub const ROUTER_INCIDENTS_TOTAL: &str = "qzx_router_incidents_total";
+pub const ROUTER_INCIDENTS_OPEN: &str = "qzx_router_incidents_open";
+pub const ROUTER_TASKS_TOTAL: &str = "qzx_router_tasks_total";
+pub const ROUTER_SLA_MET_TOTAL: &str = "qzx_router_sla_met_total";
+pub const ROUTER_SLA_BREACHED_TOTAL: &str = "qzx_router_sla_breached_total";
+pub const ROUTER_REPEATS_TOTAL: &str = "qzx_router_repeats_total";
+pub const ROUTER_DIVERTED_TOTAL: &str = "qzx_router_diverted_total";
+
+// api
+pub const API_WS_CONNECTIONS: &str = "qzx_api_ws_connections";
+pub const API_WS_PUSHES_TOTAL: &str = "qzx_api_ws_pushes_total";
+pub const API_WS_DROPPED_TOTAL: &str = "qzx_api_ws_dropped_total";
+pub const API_WS_CLOSED_LAG_TOTAL: &str = "qzx_api_ws_closed_lag_total";
+pub const API_COMMANDS_TOTAL: &str = "qzx_api_commands_total";
+pub const API_HTTP_REQUESTS_TOTAL: &str = "qzx_api_http_requests_total";
+pub const API_PUSH_LATENCY_SECONDS: &str = "qzx_api_push_latency_seconds";
