@@ -133,7 +133,13 @@ mod tests {
     #[test]
     fn a_minted_token_verifies() {
         let t = keys()
-            .mint("op-1", Role::Operator, &["quancheng".into()], None, Duration::from_secs(60))
+            .mint(
+                "op-1",
+                Role::Operator,
+                &["quancheng".into()],
+                None,
+                Duration::from_secs(60),
+            )
             .unwrap();
         let c = keys().verify(&t).unwrap();
         assert_eq!(c.sub, "op-1");
@@ -144,7 +150,9 @@ mod tests {
 
     #[test]
     fn wrong_key_expired_none_and_missing_exp_are_refused() {
-        let t = keys().mint("a", Role::Admin, &[], None, Duration::from_secs(60)).unwrap();
+        let t = keys()
+            .mint("a", Role::Admin, &[], None, Duration::from_secs(60))
+            .unwrap();
         assert!(TokenKeys::new("other").verify(&t).is_err());
 
         let expired = jsonwebtoken::encode(
@@ -167,7 +175,9 @@ mod tests {
         let none = format!(
             "{}.{}.",
             b64(r#"{"alg":"none","typ":"JWT"}"#),
-            b64(&format!(r#"{{"sub":"a","role":"admin","jurisdictions":["*"],"exp":{exp}}}"#))
+            b64(&format!(
+                r#"{{"sub":"a","role":"admin","jurisdictions":["*"],"exp":{exp}}}"#
+            ))
         );
         assert!(keys().verify(&none).is_err());
 
@@ -194,7 +204,9 @@ mod tests {
             .mint("an", Role::Analyst, &["*".into()], None, Duration::from_secs(60))
             .unwrap();
         assert!(keys().verify(&t).unwrap().covers("anything"));
-        let t = keys().mint("ad", Role::Admin, &[], None, Duration::from_secs(60)).unwrap();
+        let t = keys()
+            .mint("ad", Role::Admin, &[], None, Duration::from_secs(60))
+            .unwrap();
         assert!(keys().verify(&t).unwrap().all_jurisdictions());
     }
 

@@ -112,7 +112,10 @@ impl CeAttributes {
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
-    Header { key, value: Some(value) }
+    Header {
+        key,
+        value: Some(value),
+    }
 }
 
 #[cfg(test)]
@@ -125,7 +128,10 @@ mod tests {
         ce.subject = Some("quancheng".into());
         let back = CeAttributes::from_headers(&ce.to_headers()).unwrap();
         // Headers carry microseconds.
-        assert_eq!(back.time.map(|t| t.timestamp_micros()), ce.time.map(|t| t.timestamp_micros()));
+        assert_eq!(
+            back.time.map(|t| t.timestamp_micros()),
+            ce.time.map(|t| t.timestamp_micros())
+        );
         assert_eq!(back.id, "e-1");
         assert_eq!(back.source, "/qzx/ingest");
         assert_eq!(back.ce_type, "qzx.event.v1");
@@ -139,7 +145,14 @@ mod tests {
         let names: Vec<&str> = headers.iter().map(|h| h.key).collect();
         assert_eq!(
             names,
-            ["ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "content-type"]
+            [
+                "ce_specversion",
+                "ce_id",
+                "ce_source",
+                "ce_type",
+                "ce_time",
+                "content-type"
+            ]
         );
         let spec = headers.iter().next().unwrap();
         assert_eq!(spec.value, Some(&b"1.0"[..]));
@@ -148,7 +161,10 @@ mod tests {
     #[test]
     fn required_attributes_are_checked() {
         let none = OwnedHeaders::new();
-        assert_eq!(CeAttributes::from_headers(&none), Err(CeError::Missing("ce_specversion")));
+        assert_eq!(
+            CeAttributes::from_headers(&none),
+            Err(CeError::Missing("ce_specversion"))
+        );
         let old = OwnedHeaders::new()
             .insert(header("ce_specversion", "0.3"))
             .insert(header("ce_id", "x"));
@@ -157,7 +173,10 @@ mod tests {
             .insert(header("ce_specversion", "1.0"))
             .insert(header("ce_id", "x"))
             .insert(header("ce_type", "t"));
-        assert_eq!(CeAttributes::from_headers(&no_source), Err(CeError::Missing("ce_source")));
+        assert_eq!(
+            CeAttributes::from_headers(&no_source),
+            Err(CeError::Missing("ce_source"))
+        );
         let empty_id = OwnedHeaders::new()
             .insert(header("ce_specversion", "1.0"))
             .insert(header("ce_id", ""));

@@ -30,11 +30,28 @@ pub enum EmbeddedError {
 type Reply = mpsc::Sender<Result<(), String>>;
 
 enum Request {
-    CreateTopic { name: String, partitions: i32, reply: Reply },
-    BrokerDown { id: i32, reply: Reply },
-    BrokerUp { id: i32, reply: Reply },
-    RequestErrors { api: RDKafkaApiKey, errors: Vec<RDKafkaRespErr>, reply: Reply },
-    ClearRequestErrors { api: RDKafkaApiKey, reply: Reply },
+    CreateTopic {
+        name: String,
+        partitions: i32,
+        reply: Reply,
+    },
+    BrokerDown {
+        id: i32,
+        reply: Reply,
+    },
+    BrokerUp {
+        id: i32,
+        reply: Reply,
+    },
+    InjectErrors {
+        api: RDKafkaApiKey,
+        errors: Vec<RDKafkaRespErr>,
+        reply: Reply,
+    },
+    ClearErrors {
+        api: RDKafkaApiKey,
+        reply: Reply,
+    },
     Stop,
 }
 
@@ -47,7 +64,9 @@ pub struct EmbeddedBroker {
 
 impl std::fmt::Debug for EmbeddedBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedBroker").field("bootstrap", &self.bootstrap).finish()
+        f.debug_struct("EmbeddedBroker")
+            .field("bootstrap", &self.bootstrap)
+            .finish()
     }
 }
 
@@ -118,11 +137,11 @@ impl EmbeddedBroker {
     /// errors, one each.
     pub fn request_errors(&self, api: RDKafkaApiKey, errors: &[RDKafkaRespErr]) -> Result<(), EmbeddedError> {
         let errors = errors.to_vec();
-        self.call(|reply| Request::RequestErrors { api, errors, reply })
+        self.call(|reply| Request::InjectErrors { api, errors, reply })
     }
 
     pub fn clear_request_errors(&self, api: RDKafkaApiKey) -> Result<(), EmbeddedError> {
-        self.call(|reply| Request::ClearRequestErrors { api, reply })
+        self.call(|reply| Request::ClearErrors { api, reply })
     }
 
     fn call(&self, make: impl FnOnce(Reply) -> Request) -> Result<(), EmbeddedError> {
@@ -132,23 +151,28 @@ impl EmbeddedBroker {
             .map_err(|_| EmbeddedError::Stopped)?
             .send(make(reply))
             .map_err(|_| EmbeddedError::Stopped)?;
-        answer.recv().map_err(|_| EmbeddedError::Stopped)?.map_err(EmbeddedError::Op)
+        answer
+            .recv()
+            .map_err(|_| EmbeddedError::Stopped)?
+            .map_err(EmbeddedError::Op)
     }
 }
 
 fn serve(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>, rx: mpsc::Receiver<Request>) {
     for request in rx {
         let (result, reply) = match request {
-            Request::CreateTopic { name, partitions, reply } => {
-                (cluster.create_topic(&name, partitions, 1), reply)
-            }
+            Request::CreateTopic {
+                name,
+                partitions,
+                reply,
+            } => (cluster.create_topic(&name, partitions, 1), reply),
             Request::BrokerDown { id, reply } => (cluster.broker_down(id), reply),
             Request::BrokerUp { id, reply } => (cluster.broker_up(id), reply),
-            Request::RequestErrors { api, errors, reply } => {
+            Request::InjectErrors { api, errors, reply } => {
                 cluster.request_errors(api, &errors);
                 (Ok(()), reply)
             }
-            Request::ClearRequestErrors { api, reply } => {
+            Request::ClearErrors { api, reply } => {
                 cluster.clear_request_errors(api);
                 (Ok(()), reply)
             }

@@ -110,7 +110,10 @@ impl Supervisor {
                 match tokio::time::timeout(grace, self.tasks.join_next()).await {
                     Ok(next) => next,
                     Err(_) => {
-                        tracing::error!(remaining = self.tasks.len(), "tasks did not stop in time; aborting them");
+                        tracing::error!(
+                            remaining = self.tasks.len(),
+                            "tasks did not stop in time; aborting them"
+                        );
                         self.tasks.abort_all();
                         while self.tasks.join_next().await.is_some() {}
                         break;

@@ -65,14 +65,20 @@ pub fn validate_input(
 ) -> Result<InputEvent, Vec<FieldError>> {
     let mut errors = Vec::new();
     let Some(obj) = value.as_object() else {
-        return Err(vec![FieldError::new("", format!("must be a JSON object, not {}", type_name(value)))]);
+        return Err(vec![FieldError::new(
+            "",
+            format!("must be a JSON object, not {}", type_name(value)),
+        )]);
     };
 
     let source = match obj.get("source") {
         None | Some(Value::Null) => match default_source {
             Some(s) => Some(s),
             None => {
-                errors.push(FieldError::new("source", "required: one of call110, sensor, alert, report"));
+                errors.push(FieldError::new(
+                    "source",
+                    "required: one of call110, sensor, alert, report",
+                ));
                 None
             }
         },
@@ -87,7 +93,10 @@ pub fn validate_input(
             }
         },
         Some(other) => {
-            errors.push(FieldError::new("source", format!("must be a string, not {}", type_name(other))));
+            errors.push(FieldError::new(
+                "source",
+                format!("must be a string, not {}", type_name(other)),
+            ));
             None
         }
     };
@@ -107,7 +116,10 @@ pub fn validate_input(
             map.clone()
         }
         Some(other) => {
-            errors.push(FieldError::new("attrs", format!("must be an object, not {}", type_name(other))));
+            errors.push(FieldError::new(
+                "attrs",
+                format!("must be an object, not {}", type_name(other)),
+            ));
             Map::new()
         }
     };
@@ -135,7 +147,10 @@ pub fn validate_input(
                 if ahead > rules.max_future_skew_s {
                     errors.push(FieldError::new(
                         "occurred_at",
-                        format!("{ahead} s in the future; at most {} s is allowed", rules.max_future_skew_s),
+                        format!(
+                            "{ahead} s in the future; at most {} s is allowed",
+                            rules.max_future_skew_s
+                        ),
                     ));
                 }
                 Some(t)
@@ -169,7 +184,10 @@ pub fn validate_input(
         }
         Some(Value::Object(loc)) => validate_location(loc, rules, &mut errors),
         Some(other) => {
-            errors.push(FieldError::new("location", format!("must be an object, not {}", type_name(other))));
+            errors.push(FieldError::new(
+                "location",
+                format!("must be an object, not {}", type_name(other)),
+            ));
             None
         }
     };
@@ -183,7 +201,10 @@ pub fn validate_input(
             name: optional_string_at(c, "name", "caller.name", MAX_SHORT_CHARS, &mut errors),
         }),
         Some(other) => {
-            errors.push(FieldError::new("caller", format!("must be an object, not {}", type_name(other))));
+            errors.push(FieldError::new(
+                "caller",
+                format!("must be an object, not {}", type_name(other)),
+            ));
             None
         }
     };
@@ -215,7 +236,10 @@ pub fn validate_input(
             })
         }
         Some(other) => {
-            errors.push(FieldError::new("sensor", format!("must be an object, not {}", type_name(other))));
+            errors.push(FieldError::new(
+                "sensor",
+                format!("must be an object, not {}", type_name(other)),
+            ));
             None
         }
     };
@@ -275,7 +299,10 @@ fn coordinate(loc: &Map<String, Value>, name: &str, bound: f64, errors: &mut Vec
             }
         },
         Some(other) => {
-            errors.push(FieldError::new(path, format!("must be a number, not {}", type_name(other))));
+            errors.push(FieldError::new(
+                path,
+                format!("must be a number, not {}", type_name(other)),
+            ));
             None
         }
     }
@@ -303,7 +330,10 @@ fn required_string(
             }
         }
         Some(other) => {
-            errors.push(FieldError::new(name, format!("must be a string, not {}", type_name(other))));
+            errors.push(FieldError::new(
+                name,
+                format!("must be a string, not {}", type_name(other)),
+            ));
             None
         }
     }
@@ -332,7 +362,10 @@ fn optional_string_at(
             }
         }
         Some(other) => {
-            errors.push(FieldError::new(path, format!("must be a string, not {}", type_name(other))));
+            errors.push(FieldError::new(
+                path,
+                format!("must be a string, not {}", type_name(other)),
+            ));
             None
         }
     }
@@ -369,11 +402,7 @@ pub fn normalise(mut input: InputEvent, city: &CityMap, received_at: DateTime<Ut
     let placement = match &input.location {
         Some(loc) => city.place(loc.lat, loc.lon),
         None => {
-            let area = input
-                .attrs
-                .get("area_desc")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
+            let area = input.attrs.get("area_desc").and_then(Value::as_str).unwrap_or_default();
             city.place_by_name(area)
         }
     };
@@ -535,7 +564,8 @@ mod tests {
         assert_eq!(e.input.occurred_at, Some(now));
         assert!(!e.input.attrs.contains_key("outside_jurisdictions"));
 
-        let far = check(json!({"source": "report", "source_id": "r1", "location": {"lat": 38.9, "lon": -77.0}})).unwrap();
+        let far =
+            check(json!({"source": "report", "source_id": "r1", "location": {"lat": 38.9, "lon": -77.0}})).unwrap();
         let e = normalise(far, &city, now);
         assert_eq!(e.jurisdiction, "shiju");
         assert_eq!(e.input.attrs["outside_jurisdictions"], true);

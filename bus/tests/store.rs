@@ -1,15 +1,15 @@
 //! Runs the shared store suite (`bus::store::suite`) against both stores.
 //!
 //! The Redis run needs a server: `TEST_REDIS_URL=redis://127.0.0.1:6390/0`.
-//! Without it the test is skipped, unless `TEST_STACK` is set (the full
-//! test stack is meant to be up), when a missing or unreachable Redis fails
-//! the test rather than passing it silently. Each run uses a key prefix of
+//! Without it the test is skipped, unless `TEST_STACK=1` (the full test
+//! stack is meant to be up), when a missing or unreachable Redis fails the
+//! test rather than passing it silently. Each run uses a key prefix of
 //! its own and deletes its keys afterwards.
 
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
-use bus::store::{MemoryStore, RedisStore, suite};
+use bus::store::{MemoryStore, RedisStore, Store as _, StoreError, suite};
 use futures::FutureExt as _;
 
 #[tokio::test]
@@ -22,41 +22,98 @@ async fn memory_store_passes_the_suite() {
 
 #[tokio::test]
 async fn redis_store_passes_the_suite() {
-    let stack = std::env::var_os("TEST_STACK").is_some();
-    let url = match std::env::var("TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ if stack => {
-            panic!("TEST_STACK is set but TEST_REDIS_URL is not: the Redis store suite cannot run")
-        }
-        _ => {
-            println!(
-                "skipped: set TEST_REDIS_URL (e.g. redis://127.0.0.1:6390/0) to run the Redis store suite"
-            );
-            return;
-        }
-    };
-    let prefix = format!("qzx-test-{}:", uuid::Uuid::now_v7());
-    let store = RedisStore::connect(&url, &prefix)
-        .await
-        .unwrap_or_else(|e| panic!("TEST_REDIS_URL is set but Redis cannot be used: {e}"));
+    let Some(url) = redis_url() else { return };
+    let prefix = test_prefix();
+    let store = connect(&url, &prefix).await;
 
     let started = Instant::now();
     // Clean up even when an assertion fails, then fail as the suite did.
-    let outcome = AssertUnwindSafe(suite::run_all(&store))
-        .catch_unwind()
-        .await;
+    let outcome = AssertUnwindSafe(suite::run_all(&store)).catch_unwind().await;
     let elapsed = started.elapsed();
     let deleted = delete_keys(&url, &prefix).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
     println!("redis store suite passed in {elapsed:?}");
-    let deleted =
-        deleted.unwrap_or_else(|e| panic!("cannot delete the test keys under {prefix}: {e}"));
-    assert!(
-        deleted > 0,
-        "the suite wrote keys under {prefix}, so some were deleted"
-    );
+    let deleted = deleted.unwrap_or_else(|e| panic!("cannot delete the test keys under {prefix}: {e}"));
+    assert!(deleted > 0, "the suite wrote keys under {prefix}, so some were deleted");
+}
+
+/// What another program left under our keys is reported, naming the key,
+/// and never panics.
+#[tokio::test]
+async fn redis_store_reports_corrupt_values() {
+    let Some(url) = redis_url() else { return };
+    let prefix = test_prefix();
+    let store = connect(&url, &prefix).await;
+    let client = redis::Client::open(url.as_str()).expect("redis url");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    for (key, value) in [
+        ("unit:broken", "{not json"),
+        ("incident:wrong-type", "a string, not a hash"),
+        ("hist:wrong-type", "a string, not a stream"),
+    ] {
+        redis::cmd("SET")
+            .arg(format!("{prefix}{key}"))
+            .arg(value)
+            .query_async::<()>(&mut raw)
+            .await
+            .expect("SET");
+    }
+
+    let outcome = AssertUnwindSafe(async {
+        let corrupt_key = |result: Result<_, StoreError>| match result {
+            Err(StoreError::Corrupt { key, .. }) => key,
+            other => panic!("expected Corrupt, got {other:?}"),
+        };
+        assert_eq!(
+            corrupt_key(store.unit("broken").await.map(drop)),
+            format!("{prefix}unit:broken")
+        );
+        assert_eq!(
+            corrupt_key(store.claim_unit("broken", "t").await.map(drop)),
+            format!("{prefix}unit:broken")
+        );
+        assert_eq!(
+            corrupt_key(store.incident("wrong-type").await.map(drop)),
+            format!("{prefix}incident:wrong-type")
+        );
+        assert_eq!(
+            corrupt_key(store.history_head("wrong-type").await.map(drop)),
+            format!("{prefix}hist:wrong-type")
+        );
+    })
+    .catch_unwind()
+    .await;
+    let cleaned = delete_keys(&url, &prefix).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    cleaned.expect("delete the test keys");
+}
+
+/// The Redis to test against, or `None` to skip. `bus::testing` panics
+/// instead when `TEST_STACK=1` says Redis should be there.
+fn redis_url() -> Option<String> {
+    let url = bus::testing::redis_url();
+    if url.is_none() {
+        println!("skipped: set TEST_REDIS_URL (e.g. redis://127.0.0.1:6390/0) to test the Redis store");
+    }
+    url
+}
+
+/// Keys of their own for each test, so tests never see each other's.
+fn test_prefix() -> String {
+    format!("qzx-test-{}:", uuid::Uuid::now_v7())
+}
+
+async fn connect(url: &str, prefix: &str) -> RedisStore {
+    RedisStore::connect(url, prefix)
+        .await
+        .unwrap_or_else(|e| panic!("TEST_REDIS_URL is set but Redis cannot be used: {e}"))
 }
 
 /// Deletes every key under `prefix`; returns how many.
@@ -76,10 +133,7 @@ async fn delete_keys(url: &str, prefix: &str) -> redis::RedisResult<usize> {
             .await?;
         if !keys.is_empty() {
             deleted += keys.len();
-            redis::cmd("DEL")
-                .arg(&keys)
-                .query_async::<()>(&mut conn)
-                .await?;
+            redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await?;
         }
         if next == 0 {
             return Ok(deleted);

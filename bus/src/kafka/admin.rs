@@ -19,7 +19,9 @@ use crate::topics::{Topic, Topics};
 pub enum TopicError {
     #[error("could not create topic {topic}: {message}")]
     Create { topic: String, message: String },
-    #[error("topic {topic} has {found} partitions but {other} has {expected}; events and actions must be co-partitioned")]
+    #[error(
+        "topic {topic} has {found} partitions but {other} has {expected}; events and actions must be co-partitioned"
+    )]
     Partitions {
         topic: String,
         found: usize,
@@ -33,15 +35,22 @@ pub enum TopicError {
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Creates the missing topics among `wanted`, then checks co-partitioning.
-pub async fn ensure_topics(brokers: &Brokers, config: &KafkaConfig, topics: &Topics, wanted: &[Topic]) -> Result<(), TopicError> {
+pub async fn ensure_topics(
+    brokers: &Brokers,
+    config: &KafkaConfig,
+    topics: &Topics,
+    wanted: &[Topic],
+) -> Result<(), TopicError> {
     match brokers {
         Brokers::Embedded(broker) => {
             for topic in wanted {
                 let name = topics.name(*topic);
-                broker.create_topic(&name, config.partitions).map_err(|e| TopicError::Create {
-                    topic: name.clone(),
-                    message: e.to_string(),
-                })?;
+                broker
+                    .create_topic(&name, config.partitions)
+                    .map_err(|e| TopicError::Create {
+                        topic: name.clone(),
+                        message: e.to_string(),
+                    })?;
             }
         }
         Brokers::External(_) => create_external(brokers, config, topics, wanted).await?,
@@ -49,11 +58,17 @@ pub async fn ensure_topics(brokers: &Brokers, config: &KafkaConfig, topics: &Top
     check_co_partitioning(brokers, topics, wanted).await
 }
 
-async fn create_external(brokers: &Brokers, config: &KafkaConfig, topics: &Topics, wanted: &[Topic]) -> Result<(), TopicError> {
-    let admin: AdminClient<DefaultClientContext> = brokers.client_config().create().map_err(|e| TopicError::Create {
-        topic: topics.prefix().to_owned() + "*",
-        message: e.to_string(),
-    })?;
+async fn create_external(
+    brokers: &Brokers,
+    config: &KafkaConfig,
+    topics: &Topics,
+    wanted: &[Topic],
+) -> Result<(), TopicError> {
+    let admin: AdminClient<DefaultClientContext> =
+        brokers.client_config().create().map_err(|e| TopicError::Create {
+            topic: topics.prefix().to_owned() + "*",
+            message: e.to_string(),
+        })?;
     let names: Vec<String> = wanted.iter().map(|t| topics.name(*t)).collect();
     let new_topics: Vec<NewTopic<'_>> = wanted
         .iter()
@@ -68,10 +83,13 @@ async fn create_external(brokers: &Brokers, config: &KafkaConfig, topics: &Topic
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
-    let results = admin.create_topics(&new_topics, &options).await.map_err(|e| TopicError::Create {
-        topic: names.join(", "),
-        message: e.to_string(),
-    })?;
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .map_err(|e| TopicError::Create {
+            topic: names.join(", "),
+            message: e.to_string(),
+        })?;
     for result in results {
         match result {
             Ok(name) => tracing::info!(topic = %name, partitions = config.partitions, "created topic"),
@@ -89,10 +107,13 @@ async fn create_external(brokers: &Brokers, config: &KafkaConfig, topics: &Topic
 
 /// Partition count of each topic, read from the cluster metadata.
 async fn partition_count(brokers: &Brokers, name: &str) -> Result<usize, TopicError> {
-    let consumer: BaseConsumer = brokers.client_config().create().map_err(|source| TopicError::Metadata {
-        topic: name.to_owned(),
-        source,
-    })?;
+    let consumer: BaseConsumer = brokers
+        .client_config()
+        .create()
+        .map_err(|source| TopicError::Metadata {
+            topic: name.to_owned(),
+            source,
+        })?;
     let name = name.to_owned();
     // Metadata calls block: keep them off the async workers.
     tokio::task::spawn_blocking(move || {

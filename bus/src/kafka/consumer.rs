@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::ClientContext;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -25,15 +25,15 @@ use crate::topics::{Topic, Topics};
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
     #[error("could not create the kafka consumer for group {group}: {source}")]
-    Create { group: String, source: KafkaError },
-    #[error("could not subscribe group {group} to {topics:?}: {source}")]
+    Create { group: String, source: Box<KafkaError> },
+    #[error("could not subscribe group {group} to {topics}: {source}")]
     Subscribe {
         group: String,
-        topics: Vec<String>,
-        source: KafkaError,
+        topics: String,
+        source: Box<KafkaError>,
     },
     #[error("kafka consumer failed: {0}")]
-    Kafka(KafkaError),
+    Kafka(Box<KafkaError>),
 }
 
 /// One consumed record.
@@ -134,18 +134,21 @@ impl Consumer {
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "range")
             .set("session.timeout.ms", config.session_timeout_ms.to_string())
-            .set("heartbeat.interval.ms", (config.session_timeout_ms / 4).max(100).to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (config.session_timeout_ms / 4).max(100).to_string(),
+            )
             .create_with_context(context)
             .map_err(|source| ConsumerError::Create {
                 group: group.to_owned(),
-                source,
+                source: Box::new(source),
             })?;
         let names: Vec<String> = subscribe.iter().map(|t| topics.name(*t)).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         inner.subscribe(&refs).map_err(|source| ConsumerError::Subscribe {
             group: group.to_owned(),
-            topics: names.clone(),
-            source,
+            topics: names.join(", "),
+            source: Box::new(source),
         })?;
         Ok(Consumer {
             inner: Arc::new(inner),
@@ -200,7 +203,7 @@ impl Consumer {
                     tracing::warn!(group = %self.group, error = %e, "kafka consumer error, retrying");
                     tokio::time::sleep(RETRY_MIN).await;
                 }
-                Err(e) => return Err(ConsumerError::Kafka(e)),
+                Err(e) => return Err(ConsumerError::Kafka(Box::new(e))),
             }
         }
     }
@@ -269,4 +272,3 @@ fn is_transient(e: &KafkaError) -> bool {
         )
     )
 }
-

@@ -37,7 +37,9 @@ impl Brokers {
     }
 
     pub fn start_embedded(config: &KafkaConfig) -> Result<Brokers, EmbeddedError> {
-        Ok(Brokers::Embedded(Arc::new(EmbeddedBroker::start(config.embedded_brokers)?)))
+        Ok(Brokers::Embedded(Arc::new(EmbeddedBroker::start(
+            config.embedded_brokers,
+        )?)))
     }
 
     pub fn bootstrap(&self) -> &str {

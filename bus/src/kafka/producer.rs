@@ -54,7 +54,12 @@ pub struct OutRecord {
 }
 
 impl OutRecord {
-    pub fn json<T: Serialize>(topic: Topic, key: impl Into<String>, id: impl Into<String>, value: &T) -> Result<OutRecord, ProduceError> {
+    pub fn json<T: Serialize>(
+        topic: Topic,
+        key: impl Into<String>,
+        id: impl Into<String>,
+        value: &T,
+    ) -> Result<OutRecord, ProduceError> {
         Ok(OutRecord {
             topic,
             key: key.into(),
@@ -85,7 +90,12 @@ impl std::fmt::Debug for Producer {
 }
 
 impl Producer {
-    pub fn new(brokers: &Brokers, config: &KafkaConfig, topics: Topics, ce_source: &str) -> Result<Producer, ProduceError> {
+    pub fn new(
+        brokers: &Brokers,
+        config: &KafkaConfig,
+        topics: Topics,
+        ce_source: &str,
+    ) -> Result<Producer, ProduceError> {
         let timeout = config.delivery_timeout();
         let inner: FutureProducer = brokers
             .client_config()
@@ -136,7 +146,13 @@ impl Producer {
     }
 
     /// Serialises `value` as JSON and sends it.
-    pub async fn send_json<T: Serialize>(&self, topic: Topic, key: &str, id: &str, value: &T) -> Result<Delivered, ProduceError> {
+    pub async fn send_json<T: Serialize>(
+        &self,
+        topic: Topic,
+        key: &str,
+        id: &str,
+        value: &T,
+    ) -> Result<Delivered, ProduceError> {
         self.send(&OutRecord::json(topic, key, id, value)?).await
     }
 

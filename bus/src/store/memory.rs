@@ -18,9 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{
-    Appended, Claim, HistoryEntry, HistoryLimits, HistoryRead, NearbyUnit, Store, StoreResult,
-};
+use super::{Appended, Claim, HistoryEntry, HistoryLimits, HistoryRead, NearbyUnit, Store, StoreResult};
 use crate::model::{Incident, Unit, UnitStatus};
 
 /// Earth radius that Redis' GEO commands use; the in-memory distances use it
@@ -137,9 +135,7 @@ impl FromStr for StreamId {
 fn now_ms() -> u64 {
     // A clock before 1970 is a broken clock; ids then still increase
     // because `StreamId::next` never goes below the last id.
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -183,10 +179,7 @@ impl<K: std::hash::Hash + Eq, V> ExpiringMap<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + Eq + ?Sized,
     {
-        self.entries
-            .get(key)
-            .filter(|e| e.live(now))
-            .map(|e| &e.value)
+        self.entries.get(key).filter(|e| e.live(now)).map(|e| &e.value)
     }
 
     fn get_mut<Q>(&mut self, key: &Q, now: Instant) -> Option<&mut V>
@@ -194,10 +187,7 @@ impl<K: std::hash::Hash + Eq, V> ExpiringMap<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + Eq + ?Sized,
     {
-        self.entries
-            .get_mut(key)
-            .filter(|e| e.live(now))
-            .map(|e| &mut e.value)
+        self.entries.get_mut(key).filter(|e| e.live(now)).map(|e| &mut e.value)
     }
 
     fn insert(&mut self, key: K, value: V, expires: Option<Instant>, now: Instant) {
@@ -218,10 +208,7 @@ impl<K: std::hash::Hash + Eq, V> ExpiringMap<K, V> {
     }
 
     fn live_values(&self, now: Instant) -> impl Iterator<Item = &V> {
-        self.entries
-            .values()
-            .filter(move |e| e.live(now))
-            .map(|e| &e.value)
+        self.entries.values().filter(move |e| e.live(now)).map(|e| &e.value)
     }
 }
 
@@ -301,34 +288,19 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn claim_key(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> StoreResult<Option<String>> {
+    async fn claim_key(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<Option<String>> {
         let now = Instant::now();
         let mut keys = lock(&self.keys);
         if let Some(existing) = keys.get(key, now) {
             return Ok(Some(existing.clone()));
         }
-        keys.insert(
-            key.to_owned(),
-            value.to_owned(),
-            Some(now + clamp_ttl(ttl)),
-            now,
-        );
+        keys.insert(key.to_owned(), value.to_owned(), Some(now + clamp_ttl(ttl)), now);
         Ok(None)
     }
 
     async fn set_key(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<()> {
         let now = Instant::now();
-        lock(&self.keys).insert(
-            key.to_owned(),
-            value.to_owned(),
-            Some(now + clamp_ttl(ttl)),
-            now,
-        );
+        lock(&self.keys).insert(key.to_owned(), value.to_owned(), Some(now + clamp_ttl(ttl)), now);
         Ok(())
     }
 
@@ -354,20 +326,9 @@ impl Store for MemoryStore {
         Ok(lock(&self.units).values().cloned().collect())
     }
 
-    async fn nearest_units(
-        &self,
-        lat: f64,
-        lon: f64,
-        radius_m: f64,
-        limit: usize,
-    ) -> StoreResult<Vec<NearbyUnit>> {
+    async fn nearest_units(&self, lat: f64, lon: f64, radius_m: f64, limit: usize) -> StoreResult<Vec<NearbyUnit>> {
         // Redis refuses such queries; both stores answer "nothing near".
-        if limit == 0
-            || radius_m.is_nan()
-            || radius_m <= 0.0
-            || radius_m.is_infinite()
-            || !is_indexable(lat, lon)
-        {
+        if limit == 0 || radius_m.is_nan() || radius_m <= 0.0 || radius_m.is_infinite() || !is_indexable(lat, lon) {
             return Ok(Vec::new());
         }
         // Computed under the lock: a few thousand units take well under the
@@ -383,11 +344,7 @@ impl Store for MemoryStore {
                 })
             })
             .collect();
-        near.sort_by(|a, b| {
-            a.distance_m
-                .total_cmp(&b.distance_m)
-                .then_with(|| a.unit.cmp(&b.unit))
-        });
+        near.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then_with(|| a.unit.cmp(&b.unit)));
         near.truncate(limit);
         Ok(near)
     }
@@ -433,13 +390,7 @@ impl Store for MemoryStore {
         Ok(open)
     }
 
-    async fn window_add(
-        &self,
-        key: &str,
-        member: &str,
-        at_ms: i64,
-        keep_ms: i64,
-    ) -> StoreResult<()> {
+    async fn window_add(&self, key: &str, member: &str, at_ms: i64, keep_ms: i64) -> StoreResult<()> {
         let now = Instant::now();
         let keep = Duration::from_millis(u64::try_from(keep_ms).unwrap_or(0));
         let expires = Some(now + clamp_ttl(keep));
@@ -461,12 +412,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn window_range(
-        &self,
-        key: &str,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> StoreResult<Vec<(String, i64)>> {
+    async fn window_range(&self, key: &str, from_ms: i64, to_ms: i64) -> StoreResult<Vec<(String, i64)>> {
         let windows = lock(&self.windows);
         let Some(window) = windows.get(key, Instant::now()) else {
             return Ok(Vec::new());
@@ -513,24 +459,15 @@ impl Store for MemoryStore {
             ch.max_deleted = *oldest;
             ch.entries.pop_front();
         }
-        ch.dedupe.insert(
-            dedupe.to_owned(),
-            id,
-            Some(now + clamp_ttl(limits.max_age)),
-            now,
-        );
+        ch.dedupe
+            .insert(dedupe.to_owned(), id, Some(now + clamp_ttl(limits.max_age)), now);
         Ok(Appended {
             cursor: id.to_string(),
             fresh: true,
         })
     }
 
-    async fn history_since(
-        &self,
-        channel: &str,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<HistoryRead> {
+    async fn history_since(&self, channel: &str, cursor: Option<&str>, limit: usize) -> StoreResult<HistoryRead> {
         let channels = lock(&self.channels);
         let Some(ch) = channels.get(channel) else {
             return Ok(HistoryRead::default());

@@ -135,7 +135,13 @@ pub trait Store: Send + Sync + 'static {
     /// Appends `payload` to the channel's history unless an entry with the
     /// same `dedupe` key was appended before (by any process), then trims by
     /// `limits`.
-    async fn history_append(&self, channel: &str, dedupe: &str, payload: &[u8], limits: HistoryLimits) -> StoreResult<Appended>;
+    async fn history_append(
+        &self,
+        channel: &str,
+        dedupe: &str,
+        payload: &[u8],
+        limits: HistoryLimits,
+    ) -> StoreResult<Appended>;
     /// Entries after `cursor` (all retained entries when `None`), oldest
     /// first, at most `limit`.
     async fn history_since(&self, channel: &str, cursor: Option<&str>, limit: usize) -> StoreResult<HistoryRead>;

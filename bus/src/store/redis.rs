@@ -35,10 +35,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::memory::{CLOSED_INCIDENT_TTL, StreamId, indexable_position, is_indexable, ttl_ms};
-use super::{
-    Appended, Claim, HistoryEntry, HistoryLimits, HistoryRead, NearbyUnit, Store, StoreError,
-    StoreResult,
-};
+use super::{Appended, Claim, HistoryEntry, HistoryLimits, HistoryRead, NearbyUnit, Store, StoreError, StoreResult};
 use crate::model::{Incident, Unit, UnitStatus};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -197,16 +194,10 @@ impl RedisStore {
         let info = text(info, "INFO")?.unwrap_or_default();
         // A server that does not report a version (a Redis-compatible one)
         // is given the benefit of the doubt: the suite will tell.
-        let Some(version) = info
-            .lines()
-            .find_map(|line| line.strip_prefix("redis_version:"))
-        else {
+        let Some(version) = info.lines().find_map(|line| line.strip_prefix("redis_version:")) else {
             return Ok(());
         };
-        let major = version
-            .split('.')
-            .next()
-            .and_then(|m| m.trim().parse::<u32>().ok());
+        let major = version.split('.').next().and_then(|m| m.trim().parse::<u32>().ok());
         match major {
             Some(major) if major >= 7 => Ok(()),
             _ => Err(StoreError::Unavailable(format!(
@@ -256,10 +247,7 @@ impl RedisStore {
     /// with dedupe key `c` and channel `a` with dedupe key `b:c` would share
     /// a key.
     fn dedupe_key(&self, channel: &str, dedupe: &str) -> String {
-        self.key(format_args!(
-            "hist-dedupe:{}:{channel}:{dedupe}",
-            channel.len()
-        ))
+        self.key(format_args!("hist-dedupe:{}:{channel}:{dedupe}", channel.len()))
     }
 
     /// Runs one command (or `MULTI` pipeline) and returns the raw reply;
@@ -267,31 +255,20 @@ impl RedisStore {
     async fn query(&self, key: &str, cmd: &redis::Cmd) -> StoreResult<Value> {
         // Clones share the one multiplexed connection.
         let mut conn = self.conn.clone();
-        cmd.query_async(&mut conn)
-            .await
-            .map_err(|e| failed(key, &e))
+        cmd.query_async(&mut conn).await.map_err(|e| failed(key, &e))
     }
 
     async fn query_pipe(&self, key: &str, pipe: &redis::Pipeline) -> StoreResult<()> {
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| failed(key, &e))
+        pipe.query_async::<()>(&mut conn).await.map_err(|e| failed(key, &e))
     }
 
     async fn run(&self, key: &str, invocation: &redis::ScriptInvocation<'_>) -> StoreResult<Value> {
         let mut conn = self.conn.clone();
-        invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| failed(key, &e))
+        invocation.invoke_async(&mut conn).await.map_err(|e| failed(key, &e))
     }
 
-    async fn json_values<T: DeserializeOwned>(
-        &self,
-        keys: &[String],
-        field: Option<&str>,
-    ) -> StoreResult<Vec<T>> {
+    async fn json_values<T: DeserializeOwned>(&self, keys: &[String], field: Option<&str>) -> StoreResult<Vec<T>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -321,10 +298,7 @@ impl RedisStore {
 
     async fn members(&self, key: &str) -> StoreResult<Vec<String>> {
         let reply = self.query(key, redis::cmd("SMEMBERS").arg(key)).await?;
-        items(reply, key)?
-            .into_iter()
-            .map(|v| required_text(v, key))
-            .collect()
+        items(reply, key)?.into_iter().map(|v| required_text(v, key)).collect()
     }
 }
 
@@ -338,12 +312,7 @@ impl Store for RedisStore {
         self.query("PING", &redis::cmd("PING")).await.map(drop)
     }
 
-    async fn claim_key(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> StoreResult<Option<String>> {
+    async fn claim_key(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<Option<String>> {
         let key = self.kv_key(key);
         // Redis 7: with NX and GET together, SET answers the value that was
         // already there (and then sets nothing), or nil when it set it.
@@ -378,9 +347,7 @@ impl Store for RedisStore {
 
     async fn delete_key(&self, key: &str) -> StoreResult<()> {
         let key = self.kv_key(key);
-        self.query(&key, redis::cmd("DEL").arg(&key))
-            .await
-            .map(drop)
+        self.query(&key, redis::cmd("DEL").arg(&key)).await.map(drop)
     }
 
     async fn put_unit(&self, unit: &Unit) -> StoreResult<()> {
@@ -405,9 +372,7 @@ impl Store for RedisStore {
     async fn unit(&self, id: &str) -> StoreResult<Option<Unit>> {
         let key = self.unit_key(id);
         let reply = self.query(&key, redis::cmd("GET").arg(&key)).await?;
-        bytes(reply, &key)?
-            .map(|raw| from_json(&raw, &key))
-            .transpose()
+        bytes(reply, &key)?.map(|raw| from_json(&raw, &key)).transpose()
     }
 
     async fn units(&self) -> StoreResult<Vec<Unit>> {
@@ -417,20 +382,9 @@ impl Store for RedisStore {
         self.json_values(&keys, None).await
     }
 
-    async fn nearest_units(
-        &self,
-        lat: f64,
-        lon: f64,
-        radius_m: f64,
-        limit: usize,
-    ) -> StoreResult<Vec<NearbyUnit>> {
+    async fn nearest_units(&self, lat: f64, lon: f64, radius_m: f64, limit: usize) -> StoreResult<Vec<NearbyUnit>> {
         // GEOSEARCH rejects these; "nothing near" is the honest answer.
-        if limit == 0
-            || radius_m.is_nan()
-            || radius_m <= 0.0
-            || radius_m.is_infinite()
-            || !is_indexable(lat, lon)
-        {
+        if limit == 0 || radius_m.is_nan() || radius_m <= 0.0 || radius_m.is_infinite() || !is_indexable(lat, lon) {
             return Ok(Vec::new());
         }
         let key = self.geo_key();
@@ -513,21 +467,14 @@ impl Store for RedisStore {
             // Stored, or an older version that was rightly ignored.
             Value::Int(1 | 0) => Ok(()),
             Value::Int(-1) => Err(corrupt(&key, "stored version is not a number".to_owned())),
-            other => Err(corrupt(
-                &key,
-                format!("unexpected script reply {}", describe(&other)),
-            )),
+            other => Err(corrupt(&key, format!("unexpected script reply {}", describe(&other)))),
         }
     }
 
     async fn incident(&self, id: &str) -> StoreResult<Option<Incident>> {
         let key = self.incident_key(id);
-        let reply = self
-            .query(&key, redis::cmd("HGET").arg(&key).arg("j"))
-            .await?;
-        bytes(reply, &key)?
-            .map(|raw| from_json(&raw, &key))
-            .transpose()
+        let reply = self.query(&key, redis::cmd("HGET").arg(&key).arg("j")).await?;
+        bytes(reply, &key)?.map(|raw| from_json(&raw, &key)).transpose()
     }
 
     async fn open_incidents(&self) -> StoreResult<Vec<Incident>> {
@@ -536,19 +483,10 @@ impl Store for RedisStore {
         let keys: Vec<String> = ids.iter().map(|id| self.incident_key(id)).collect();
         let incidents: Vec<Incident> = self.json_values(&keys, Some("j")).await?;
         // An incident closed between SMEMBERS and HGET is no longer open.
-        Ok(incidents
-            .into_iter()
-            .filter(|i| i.status.is_open())
-            .collect())
+        Ok(incidents.into_iter().filter(|i| i.status.is_open()).collect())
     }
 
-    async fn window_add(
-        &self,
-        key: &str,
-        member: &str,
-        at_ms: i64,
-        keep_ms: i64,
-    ) -> StoreResult<()> {
+    async fn window_add(&self, key: &str, member: &str, at_ms: i64, keep_ms: i64) -> StoreResult<()> {
         let key = self.window_key(key);
         let keep = Duration::from_millis(u64::try_from(keep_ms).unwrap_or(0));
         let mut pipe = redis::pipe();
@@ -569,12 +507,7 @@ impl Store for RedisStore {
         self.query_pipe(&key, &pipe).await
     }
 
-    async fn window_range(
-        &self,
-        key: &str,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> StoreResult<Vec<(String, i64)>> {
+    async fn window_range(&self, key: &str, from_ms: i64, to_ms: i64) -> StoreResult<Vec<(String, i64)>> {
         let key = self.window_key(key);
         let cmd = redis::cmd("ZRANGEBYSCORE")
             .arg(&key)
@@ -621,21 +554,13 @@ impl Store for RedisStore {
         let fresh = match fresh {
             Value::Int(fresh) => fresh == 1,
             other => {
-                return Err(corrupt(
-                    &key,
-                    format!("unexpected script reply {}", describe(&other)),
-                ));
+                return Err(corrupt(&key, format!("unexpected script reply {}", describe(&other))));
             }
         };
         Ok(Appended { cursor, fresh })
     }
 
-    async fn history_since(
-        &self,
-        channel: &str,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<HistoryRead> {
+    async fn history_since(&self, channel: &str, cursor: Option<&str>, limit: usize) -> StoreResult<HistoryRead> {
         let key = self.stream_key(channel);
         // A cursor we cannot read is treated as older than anything: the
         // caller gets every retained entry and is told it missed some.
@@ -651,12 +576,9 @@ impl Store for RedisStore {
             .await?;
         let [deleted, entries] = pair(reply, &key)?;
         let deleted = required_text(deleted, &key)?;
-        let deleted: StreamId = deleted.parse().map_err(|()| {
-            corrupt(
-                &key,
-                format!("max-deleted-entry-id {deleted:?} is not a stream id"),
-            )
-        })?;
+        let deleted: StreamId = deleted
+            .parse()
+            .map_err(|()| corrupt(&key, format!("max-deleted-entry-id {deleted:?} is not a stream id")))?;
         let gap = match cursor {
             None => false,
             Some(Ok(after)) => after < deleted,
@@ -732,18 +654,13 @@ fn bytes(value: Value, key: &str) -> StoreResult<Option<Vec<u8>>> {
         Value::Nil => Ok(None),
         Value::BulkString(raw) => Ok(Some(raw)),
         Value::SimpleString(text) => Ok(Some(text.into_bytes())),
-        other => Err(corrupt(
-            key,
-            format!("expected a string, got {}", describe(&other)),
-        )),
+        other => Err(corrupt(key, format!("expected a string, got {}", describe(&other)))),
     }
 }
 
 fn text(value: Value, key: &str) -> StoreResult<Option<String>> {
     bytes(value, key)?
-        .map(|raw| {
-            String::from_utf8(raw).map_err(|_| corrupt(key, "value is not UTF-8".to_owned()))
-        })
+        .map(|raw| String::from_utf8(raw).map_err(|_| corrupt(key, "value is not UTF-8".to_owned())))
         .transpose()
 }
 
@@ -755,10 +672,7 @@ fn items(value: Value, key: &str) -> StoreResult<Vec<Value>> {
     match value {
         Value::Array(items) | Value::Set(items) => Ok(items),
         Value::Nil => Ok(Vec::new()),
-        other => Err(corrupt(
-            key,
-            format!("expected an array, got {}", describe(&other)),
-        )),
+        other => Err(corrupt(key, format!("expected an array, got {}", describe(&other)))),
     }
 }
 
@@ -779,10 +693,7 @@ fn score_ms(value: Value, key: &str) -> StoreResult<i64> {
     };
     // Scores are the i64 milliseconds we stored; doubles hold them exactly.
     if !score.is_finite() || score.fract() != 0.0 {
-        return Err(corrupt(
-            key,
-            format!("score {score} is not whole milliseconds"),
-        ));
+        return Err(corrupt(key, format!("score {score} is not whole milliseconds")));
     }
     Ok(score as i64)
 }

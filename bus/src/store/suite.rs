@@ -64,10 +64,7 @@ fn unit(id: &str, status: UnitStatus, position: Option<(f64, f64)>) -> Unit {
         status,
         lat: position.map(|p| p.0),
         lon: position.map(|p| p.1),
-        at: Utc
-            .with_ymd_and_hms(2025, 3, 1, 8, 30, 0)
-            .single()
-            .expect("valid time"),
+        at: Utc.with_ymd_and_hms(2025, 3, 1, 8, 30, 0).single().expect("valid time"),
         task: None,
         speed_kmh: Some(42.5),
         name: Some(format!("历下{id}")),
@@ -75,10 +72,7 @@ fn unit(id: &str, status: UnitStatus, position: Option<(f64, f64)>) -> Unit {
 }
 
 fn incident(id: &str, version: u64, status: IncidentStatus) -> Incident {
-    let created = Utc
-        .with_ymd_and_hms(2025, 3, 1, 8, 0, 0)
-        .single()
-        .expect("valid time");
+    let created = Utc.with_ymd_and_hms(2025, 3, 1, 8, 0, 0).single().expect("valid time");
     Incident {
         id: id.to_owned(),
         version,
@@ -127,11 +121,7 @@ fn cursors(read: &HistoryRead) -> Vec<&str> {
 }
 
 pub async fn basics(store: &dyn Store) {
-    assert!(
-        matches!(store.kind(), "redis" | "memory"),
-        "kind {:?}",
-        store.kind()
-    );
+    assert!(matches!(store.kind(), "redis" | "memory"), "kind {:?}", store.kind());
     store.ping().await.unwrap();
 }
 
@@ -177,10 +167,7 @@ pub async fn keys(store: &dyn Store) {
 
 pub async fn key_expiry(store: &dyn Store) {
     let short = Duration::from_millis(200);
-    assert_eq!(
-        store.claim_key("expiry:claim", "old", short).await.unwrap(),
-        None
-    );
+    assert_eq!(store.claim_key("expiry:claim", "old", short).await.unwrap(), None);
     store.set_key("expiry:set", "old", short).await.unwrap();
     store
         .set_key("expiry:long", "stays", Duration::from_secs(60))
@@ -194,24 +181,14 @@ pub async fn key_expiry(store: &dyn Store) {
         None,
         "claimed key expired"
     );
-    assert_eq!(
-        store.get_key("expiry:set").await.unwrap(),
-        None,
-        "set key expired"
-    );
-    assert_eq!(
-        store.get_key("expiry:long").await.unwrap().as_deref(),
-        Some("stays")
-    );
+    assert_eq!(store.get_key("expiry:set").await.unwrap(), None, "set key expired");
+    assert_eq!(store.get_key("expiry:long").await.unwrap().as_deref(), Some("stays"));
     assert_eq!(
         store.claim_key("expiry:claim", "new", short).await.unwrap(),
         None,
         "an expired key can be claimed again"
     );
-    assert_eq!(
-        store.get_key("expiry:claim").await.unwrap().as_deref(),
-        Some("new")
-    );
+    assert_eq!(store.get_key("expiry:claim").await.unwrap().as_deref(), Some("new"));
 }
 
 pub async fn units(store: &dyn Store) {
@@ -222,14 +199,8 @@ pub async fn units(store: &dyn Store) {
     store.put_unit(&with_position).await.unwrap();
     store.put_unit(&without_position).await.unwrap();
 
-    assert_eq!(
-        store.unit("units-a").await.unwrap(),
-        Some(with_position.clone())
-    );
-    assert_eq!(
-        store.unit("units-b").await.unwrap(),
-        Some(without_position.clone())
-    );
+    assert_eq!(store.unit("units-a").await.unwrap(), Some(with_position.clone()));
+    assert_eq!(store.unit("units-b").await.unwrap(), Some(without_position.clone()));
     assert_eq!(store.unit("units-unknown").await.unwrap(), None);
 
     let listed: Vec<Unit> = store
@@ -245,14 +216,8 @@ pub async fn units(store: &dyn Store) {
         "units() in id order"
     );
 
-    let near = store
-        .nearest_units(lhasa.0, lhasa.1, 1000.0, 10)
-        .await
-        .unwrap();
-    assert_eq!(
-        near.iter().map(|n| n.unit.as_str()).collect::<Vec<_>>(),
-        ["units-a"]
-    );
+    let near = store.nearest_units(lhasa.0, lhasa.1, 1000.0, 10).await.unwrap();
+    assert_eq!(near.iter().map(|n| n.unit.as_str()).collect::<Vec<_>>(), ["units-a"]);
 
     // Replacing a unit replaces everything, and losing the position takes
     // it out of the position index.
@@ -260,14 +225,8 @@ pub async fn units(store: &dyn Store) {
     with_position.lat = None;
     with_position.lon = None;
     store.put_unit(&with_position).await.unwrap();
-    assert_eq!(
-        store.unit("units-a").await.unwrap(),
-        Some(with_position.clone())
-    );
-    let near = store
-        .nearest_units(lhasa.0, lhasa.1, 1000.0, 10)
-        .await
-        .unwrap();
+    assert_eq!(store.unit("units-a").await.unwrap(), Some(with_position.clone()));
+    let near = store.nearest_units(lhasa.0, lhasa.1, 1000.0, 10).await.unwrap();
     assert!(
         near.is_empty(),
         "a unit without position is not near anything: {near:?}"
@@ -278,10 +237,7 @@ pub async fn units(store: &dyn Store) {
     with_position.lat = Some(moved_to.0);
     with_position.lon = Some(moved_to.1);
     store.put_unit(&with_position).await.unwrap();
-    let near = store
-        .nearest_units(lhasa.0, lhasa.1, 5000.0, 10)
-        .await
-        .unwrap();
+    let near = store.nearest_units(lhasa.0, lhasa.1, 5000.0, 10).await.unwrap();
     assert_eq!(near.len(), 1, "{near:?}");
     let expected = haversine_m(lhasa, moved_to);
     assert!(
@@ -291,10 +247,7 @@ pub async fn units(store: &dyn Store) {
 
     // Replacing never duplicates.
     let listed = store.units().await.unwrap();
-    assert_eq!(
-        listed.iter().filter(|u| u.id.starts_with("units-")).count(),
-        2
-    );
+    assert_eq!(listed.iter().filter(|u| u.id.starts_with("units-")).count(), 2);
 }
 
 pub async fn nearest_units(store: &dyn Store) {
@@ -309,10 +262,7 @@ pub async fn nearest_units(store: &dyn Store) {
         ("near-beijing", UnitStatus::Available, (39.9042, 116.4074)),
     ];
     for (id, status, position) in placed {
-        store
-            .put_unit(&unit(id, status, Some(position)))
-            .await
-            .unwrap();
+        store.put_unit(&unit(id, status, Some(position))).await.unwrap();
     }
     store
         .put_unit(&unit("near-nowhere", UnitStatus::Available, None))
@@ -359,30 +309,15 @@ pub async fn nearest_units(store: &dyn Store) {
     let found = store.nearest_units(lat, lon, 500_000.0, 100).await.unwrap();
     check(
         &found,
-        &[
-            "near-a",
-            "near-b",
-            "near-c",
-            "near-d",
-            "near-e",
-            "near-beijing",
-        ],
+        &["near-a", "near-b", "near-c", "near-d", "near-e", "near-beijing"],
     );
 
     assert!(
-        store
-            .nearest_units(lat, lon, 5_000.0, 0)
-            .await
-            .unwrap()
-            .is_empty(),
+        store.nearest_units(lat, lon, 5_000.0, 0).await.unwrap().is_empty(),
         "limit 0"
     );
     assert!(
-        store
-            .nearest_units(lat, lon, 0.0, 10)
-            .await
-            .unwrap()
-            .is_empty(),
+        store.nearest_units(lat, lon, 0.0, 10).await.unwrap().is_empty(),
         "radius 0"
     );
     assert!(
@@ -458,8 +393,7 @@ pub async fn claim_unit_race(store: &dyn Store) {
         .await
         .unwrap();
     let tasks: Vec<String> = (0..20).map(|i| format!("race-task-{i}")).collect();
-    let claims =
-        futures::future::join_all(tasks.iter().map(|task| store.claim_unit("race-a", task))).await;
+    let claims = futures::future::join_all(tasks.iter().map(|task| store.claim_unit("race-a", task))).await;
 
     let mut winners = Vec::new();
     for (task, claim) in tasks.iter().zip(claims) {
@@ -468,26 +402,14 @@ pub async fn claim_unit_race(store: &dyn Store) {
                 assert_eq!(unit.task.as_ref(), Some(task));
                 winners.push(task.clone());
             }
-            Claim::Unavailable(status) => assert_eq!(
-                status,
-                UnitStatus::Assigned,
-                "losers see the winner's claim"
-            ),
+            Claim::Unavailable(status) => assert_eq!(status, UnitStatus::Assigned, "losers see the winner's claim"),
             Claim::NotFound => panic!("the unit exists"),
         }
     }
-    assert_eq!(
-        winners.len(),
-        1,
-        "exactly one of 20 racing claims wins: {winners:?}"
-    );
+    assert_eq!(winners.len(), 1, "exactly one of 20 racing claims wins: {winners:?}");
     let stored = store.unit("race-a").await.unwrap().expect("unit exists");
     assert_eq!(stored.status, UnitStatus::Assigned);
-    assert_eq!(
-        stored.task.as_ref(),
-        winners.first(),
-        "the winner's task is stored"
-    );
+    assert_eq!(stored.task.as_ref(), winners.first(), "the winner's task is stored");
 }
 
 pub async fn incidents(store: &dyn Store) {
@@ -523,10 +445,7 @@ pub async fn incidents(store: &dyn Store) {
     let mut v2_again = v2.clone();
     v2_again.score = 70;
     store.put_incident(&v2_again).await.unwrap();
-    assert_eq!(
-        store.incident("inc-a").await.unwrap(),
-        Some(v2_again.clone())
-    );
+    assert_eq!(store.incident("inc-a").await.unwrap(), Some(v2_again.clone()));
 
     assert_eq!(
         open_ids(store.open_incidents().await.unwrap()),
@@ -567,33 +486,17 @@ pub async fn incidents(store: &dyn Store) {
 pub async fn windows(store: &dyn Store) {
     let keep = 10_000;
     let t0: i64 = 1_740_000_000_000;
-    store
-        .window_add("win-a", "call-1", t0 + 1_000, keep)
-        .await
-        .unwrap();
-    store
-        .window_add("win-a", "call-2", t0 + 2_000, keep)
-        .await
-        .unwrap();
-    store
-        .window_add("win-a", "call-3", t0 + 3_000, keep)
-        .await
-        .unwrap();
-    store
-        .window_add("win-b", "other", t0 + 1_000, keep)
-        .await
-        .unwrap();
+    store.window_add("win-a", "call-1", t0 + 1_000, keep).await.unwrap();
+    store.window_add("win-a", "call-2", t0 + 2_000, keep).await.unwrap();
+    store.window_add("win-a", "call-3", t0 + 3_000, keep).await.unwrap();
+    store.window_add("win-b", "other", t0 + 1_000, keep).await.unwrap();
 
     let range = |from: i64, to: i64| store.window_range("win-a", t0 + from, t0 + to);
     let at = |member: &str, ms: i64| (member.to_owned(), t0 + ms);
 
     assert_eq!(
         range(0, 5_000).await.unwrap(),
-        [
-            at("call-1", 1_000),
-            at("call-2", 2_000),
-            at("call-3", 3_000)
-        ],
+        [at("call-1", 1_000), at("call-2", 2_000), at("call-3", 3_000)],
         "oldest first"
     );
     assert_eq!(range(1_500, 2_500).await.unwrap(), [at("call-2", 2_000)]);
@@ -602,59 +505,30 @@ pub async fn windows(store: &dyn Store) {
         [at("call-2", 2_000), at("call-3", 3_000)],
         "both bounds are inclusive"
     );
-    assert!(
-        range(3_001, 2_000).await.unwrap().is_empty(),
-        "an empty interval"
-    );
-    assert!(
-        store
-            .window_range("win-unknown", 0, i64::MAX)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(range(3_001, 2_000).await.unwrap().is_empty(), "an empty interval");
+    assert!(store.window_range("win-unknown", 0, i64::MAX).await.unwrap().is_empty());
 
     // Re-adding moves a member.
-    store
-        .window_add("win-a", "call-1", t0 + 4_000, keep)
-        .await
-        .unwrap();
+    store.window_add("win-a", "call-1", t0 + 4_000, keep).await.unwrap();
     assert_eq!(
         range(0, 5_000).await.unwrap(),
-        [
-            at("call-2", 2_000),
-            at("call-3", 3_000),
-            at("call-1", 4_000)
-        ]
+        [at("call-2", 2_000), at("call-3", 3_000), at("call-1", 4_000)]
     );
 
     // Ties are ordered by member.
-    store
-        .window_add("win-a", "call-0", t0 + 4_000, keep)
-        .await
-        .unwrap();
+    store.window_add("win-a", "call-0", t0 + 4_000, keep).await.unwrap();
     assert_eq!(
         range(4_000, 4_000).await.unwrap(),
         [at("call-0", 4_000), at("call-1", 4_000)]
     );
 
     // An add at 13.5 s keeps 10 s: members before 3.5 s go, 3.5 s would stay.
-    store
-        .window_add("win-a", "call-4", t0 + 13_500, keep)
-        .await
-        .unwrap();
+    store.window_add("win-a", "call-4", t0 + 13_500, keep).await.unwrap();
     assert_eq!(
         range(0, 20_000).await.unwrap(),
-        [
-            at("call-0", 4_000),
-            at("call-1", 4_000),
-            at("call-4", 13_500)
-        ]
+        [at("call-0", 4_000), at("call-1", 4_000), at("call-4", 13_500)]
     );
-    store
-        .window_add("win-a", "call-5", t0 + 14_000, keep)
-        .await
-        .unwrap();
+    store.window_add("win-a", "call-5", t0 + 14_000, keep).await.unwrap();
     assert_eq!(
         range(0, 20_000).await.unwrap(),
         [
@@ -681,22 +555,14 @@ pub async fn history(store: &dyn Store) {
     let mut appended = Vec::new();
     for i in 1..=5 {
         let a = store
-            .history_append(
-                "hist-a",
-                &format!("d{i}"),
-                format!("p{i}").as_bytes(),
-                limits,
-            )
+            .history_append("hist-a", &format!("d{i}"), format!("p{i}").as_bytes(), limits)
             .await
             .unwrap();
         assert!(a.fresh, "a new dedupe key appends");
         appended.push(a.cursor);
     }
     let parts: Vec<(u64, u64)> = appended.iter().map(|c| cursor_parts(c)).collect();
-    assert!(
-        parts.windows(2).all(|w| w[0] < w[1]),
-        "cursors increase: {appended:?}"
-    );
+    assert!(parts.windows(2).all(|w| w[0] < w[1]), "cursors increase: {appended:?}");
 
     let again = store
         .history_append("hist-a", "d3", b"something else", limits)
@@ -710,20 +576,14 @@ pub async fn history(store: &dyn Store) {
 
     let all = store.history_since("hist-a", None, 100).await.unwrap();
     assert!(!all.gap);
-    assert_eq!(
-        cursors(&all),
-        appended.iter().map(String::as_str).collect::<Vec<_>>()
-    );
+    assert_eq!(cursors(&all), appended.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(
         payloads(&all),
         [b"p1", b"p2", b"p3", b"p4", b"p5"],
         "duplicates were not appended"
     );
 
-    let later = store
-        .history_since("hist-a", Some(&appended[1]), 100)
-        .await
-        .unwrap();
+    let later = store.history_since("hist-a", Some(&appended[1]), 100).await.unwrap();
     assert!(!later.gap);
     assert_eq!(
         payloads(&later),
@@ -735,45 +595,19 @@ pub async fn history(store: &dyn Store) {
         appended[2..].iter().map(String::as_str).collect::<Vec<_>>()
     );
 
-    let limited = store
-        .history_since("hist-a", Some(&appended[1]), 2)
-        .await
-        .unwrap();
-    assert_eq!(
-        payloads(&limited),
-        [b"p3", b"p4"],
-        "at most limit, oldest first"
-    );
+    let limited = store.history_since("hist-a", Some(&appended[1]), 2).await.unwrap();
+    assert_eq!(payloads(&limited), [b"p3", b"p4"], "at most limit, oldest first");
     assert!(!limited.gap);
     assert!(
-        store
-            .history_since("hist-a", None, 0)
-            .await
-            .unwrap()
-            .entries
-            .is_empty(),
+        store.history_since("hist-a", None, 0).await.unwrap().entries.is_empty(),
         "limit 0"
     );
 
-    let caught_up = store
-        .history_since("hist-a", Some(&appended[4]), 100)
-        .await
-        .unwrap();
-    assert_eq!(
-        caught_up,
-        HistoryRead::default(),
-        "nothing after the newest"
-    );
+    let caught_up = store.history_since("hist-a", Some(&appended[4]), 100).await.unwrap();
+    assert_eq!(caught_up, HistoryRead::default(), "nothing after the newest");
     let future = format!("{}-0", parts[4].0 + 3_600_000);
-    let ahead = store
-        .history_since("hist-a", Some(&future), 100)
-        .await
-        .unwrap();
-    assert_eq!(
-        ahead,
-        HistoryRead::default(),
-        "nothing after a cursor from the future"
-    );
+    let ahead = store.history_since("hist-a", Some(&future), 100).await.unwrap();
+    assert_eq!(ahead, HistoryRead::default(), "nothing after a cursor from the future");
 
     assert_eq!(
         store.history_head("hist-a").await.unwrap().as_deref(),
@@ -781,10 +615,7 @@ pub async fn history(store: &dyn Store) {
     );
     assert_eq!(store.history_head("hist-unknown").await.unwrap(), None);
     assert_eq!(
-        store
-            .history_since("hist-unknown", None, 100)
-            .await
-            .unwrap(),
+        store.history_since("hist-unknown", None, 100).await.unwrap(),
         HistoryRead::default()
     );
     assert_eq!(
@@ -798,23 +629,12 @@ pub async fn history(store: &dyn Store) {
 
     // Dedupe keys belong to their channel, however the names split.
     for (channel, dedupe) in [("hist-b", "d1"), ("hist-b:x", "y"), ("hist-b", "x:y")] {
-        let a = store
-            .history_append(channel, dedupe, b"q", limits)
-            .await
-            .unwrap();
+        let a = store.history_append(channel, dedupe, b"q", limits).await.unwrap();
         assert!(a.fresh, "{channel} / {dedupe} is new");
     }
     let b = store.history_since("hist-b", None, 100).await.unwrap();
     assert_eq!(b.entries.len(), 2);
-    assert_eq!(
-        store
-            .history_since("hist-a", None, 100)
-            .await
-            .unwrap()
-            .entries
-            .len(),
-        5
-    );
+    assert_eq!(store.history_since("hist-a", None, 100).await.unwrap().entries.len(), 5);
 }
 
 pub async fn history_trimmed_by_length(store: &dyn Store) {
@@ -825,12 +645,7 @@ pub async fn history_trimmed_by_length(store: &dyn Store) {
     let mut c = Vec::new();
     for i in 1..=6 {
         let a = store
-            .history_append(
-                "trim-len",
-                &format!("d{i}"),
-                format!("e{i}").as_bytes(),
-                limits,
-            )
+            .history_append("trim-len", &format!("d{i}"), format!("e{i}").as_bytes(), limits)
             .await
             .unwrap();
         c.push(a.cursor);
@@ -845,67 +660,33 @@ pub async fn history_trimmed_by_length(store: &dyn Store) {
     assert!(!all.gap, "no cursor, no gap");
 
     // e2 and e3 were trimmed: a client that last saw e1 or e2 missed them.
-    let missed = store
-        .history_since("trim-len", Some(&c[0]), 100)
-        .await
-        .unwrap();
+    let missed = store.history_since("trim-len", Some(&c[0]), 100).await.unwrap();
     assert!(missed.gap, "e2 and e3 are gone");
     assert_eq!(
         payloads(&missed),
         [b"e4", b"e5", b"e6"],
         "what is left is still delivered"
     );
-    assert!(
-        store
-            .history_since("trim-len", Some(&c[1]), 100)
-            .await
-            .unwrap()
-            .gap
-    );
+    assert!(store.history_since("trim-len", Some(&c[1]), 100).await.unwrap().gap);
 
     // A client that saw e3 missed nothing, though e3 itself is gone.
-    let seen_last_trimmed = store
-        .history_since("trim-len", Some(&c[2]), 100)
-        .await
-        .unwrap();
+    let seen_last_trimmed = store.history_since("trim-len", Some(&c[2]), 100).await.unwrap();
     assert!(!seen_last_trimmed.gap);
     assert_eq!(payloads(&seen_last_trimmed), [b"e4", b"e5", b"e6"]);
-    let recent = store
-        .history_since("trim-len", Some(&c[3]), 100)
-        .await
-        .unwrap();
+    let recent = store.history_since("trim-len", Some(&c[3]), 100).await.unwrap();
     assert!(!recent.gap);
     assert_eq!(payloads(&recent), [b"e5", b"e6"]);
 
     // Cursors compare as numbers: "999-0" is older than everything, though
     // it sorts after every real cursor as a string.
-    assert!(
-        store
-            .history_since("trim-len", Some("999-0"), 100)
-            .await
-            .unwrap()
-            .gap
-    );
-    assert!(
-        store
-            .history_since("trim-len", Some("0-0"), 100)
-            .await
-            .unwrap()
-            .gap
-    );
+    assert!(store.history_since("trim-len", Some("999-0"), 100).await.unwrap().gap);
+    assert!(store.history_since("trim-len", Some("0-0"), 100).await.unwrap().gap);
 
     // A cursor that is not one: the client must start over from a snapshot.
     for garbage in ["garbage", "12", "12-", "-1", ""] {
-        let read = store
-            .history_since("trim-len", Some(garbage), 100)
-            .await
-            .unwrap();
+        let read = store.history_since("trim-len", Some(garbage), 100).await.unwrap();
         assert!(read.gap, "malformed cursor {garbage:?} is a gap");
-        assert_eq!(
-            payloads(&read),
-            [b"e4", b"e5", b"e6"],
-            "with every retained entry"
-        );
+        assert_eq!(payloads(&read), [b"e4", b"e5", b"e6"], "with every retained entry");
     }
 
     // A duplicate of a trimmed entry is still recognised.
@@ -959,21 +740,12 @@ pub async fn history_trimmed_by_age(store: &dyn Store) {
         max_age: Duration::from_millis(200),
         max_len: 100,
     };
-    let old = store
-        .history_append("trim-age", "old", b"old", limits)
-        .await
-        .unwrap();
-    let quiet_entry = store
-        .history_append("trim-age-other", "x", b"x", limits)
-        .await
-        .unwrap();
+    let old = store.history_append("trim-age", "old", b"old", limits).await.unwrap();
+    let quiet_entry = store.history_append("trim-age-other", "x", b"x", limits).await.unwrap();
 
     tokio::time::sleep(Duration::from_millis(400)).await;
 
-    let new = store
-        .history_append("trim-age", "new", b"new", limits)
-        .await
-        .unwrap();
+    let new = store.history_append("trim-age", "new", b"new", limits).await.unwrap();
     assert!(new.fresh);
     let all = store.history_since("trim-age", None, 100).await.unwrap();
     assert_eq!(
@@ -982,25 +754,13 @@ pub async fn history_trimmed_by_age(store: &dyn Store) {
         "entries older than max_age are trimmed on append"
     );
 
-    let from_old = store
-        .history_since("trim-age", Some(&old.cursor), 100)
-        .await
-        .unwrap();
+    let from_old = store.history_since("trim-age", Some(&old.cursor), 100).await.unwrap();
     assert!(!from_old.gap, "the client saw the only trimmed entry");
     assert_eq!(payloads(&from_old), [b"new"]);
-    assert!(
-        store
-            .history_since("trim-age", Some("0-0"), 100)
-            .await
-            .unwrap()
-            .gap
-    );
+    assert!(store.history_since("trim-age", Some("0-0"), 100).await.unwrap().gap);
 
     // Age trimming happens on append: a quiet channel keeps its entries.
-    let quiet = store
-        .history_since("trim-age-other", None, 100)
-        .await
-        .unwrap();
+    let quiet = store.history_since("trim-age-other", None, 100).await.unwrap();
     assert_eq!(cursors(&quiet), [quiet_entry.cursor.as_str()]);
 
     // The dedupe key lives as long as max_age.
