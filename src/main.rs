@@ -1,1 +1,318 @@
-fn main() {}
+//! The `qzx` binary: parses the command line, loads the configuration, and
+//! wires the service crates together. It holds no service logic: each
+//! service is a library with one `start(ctx, supervisor)`, so `qzx all`,
+//! `qzx demo`, one-service commands and tests start the same code.
+
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use bus::auth::{TokenKeys, parse_ttl};
+use bus::kafka::{Brokers, ensure_topics};
+use bus::model::Role;
+use bus::{Config, ServiceContext, Supervisor, Topic};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "qzx", version, about = "Streaming event bus for police command centres (情指行)")]
+struct Cli {
+    /// Configuration file layered over the compiled-in defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Ingest, router and api in one process plus the city simulator, on the
+    /// embedded broker and in-memory store unless configured otherwise.
+    Demo,
+    /// Ingest, router and api in one process, no simulator.
+    All,
+    /// The ingest service alone (HTTP on QZX_INGEST_LISTEN).
+    Ingest,
+    /// The router alone.
+    Router,
+    /// The dispatch-ui-api alone (HTTP and WebSocket on QZX_LISTEN).
+    Api,
+    /// The simulator against a running deployment.
+    Sim(SimArgs),
+    /// The load benchmark.
+    Bench(BenchArgs),
+    /// Prints a signed JWT.
+    Token(TokenArgs),
+    /// Validates the configuration and prints the effective one.
+    CheckConfig,
+}
+
+#[derive(Args, Debug)]
+struct SimArgs {
+    /// Base URL of the deployment (ingest and api).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    target: String,
+    /// An admin token for the deployment.
+    #[arg(long)]
+    token: Option<String>,
+    #[arg(long)]
+    speed: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    #[arg(long, value_enum)]
+    role: RoleArg,
+    /// A jurisdiction id (repeatable), or `*` for all.
+    #[arg(long = "jurisdiction")]
+    jurisdictions: Vec<String>,
+    /// The unit id, for role `unit`.
+    #[arg(long)]
+    unit: Option<String>,
+    /// Lifetime: 30s, 15m, 8h, 7d.
+    #[arg(long, default_value = "8h")]
+    ttl: String,
+    /// Subject (user or system id); defaults to the unit id or the role.
+    #[arg(long)]
+    sub: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RoleArg {
+    Source,
+    Unit,
+    Operator,
+    Analyst,
+    Admin,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Source => Role::Source,
+            RoleArg::Unit => Role::Unit,
+            RoleArg::Operator => Role::Operator,
+            RoleArg::Analyst => Role::Analyst,
+            RoleArg::Admin => Role::Admin,
+        }
+    }
+}
+
+/// Which services one process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Services {
+    ingest: bool,
+    router: bool,
+    api: bool,
+    /// Only `demo` and `all` may start the embedded broker and use the
+    /// in-memory store: every service is then in this process.
+    single_process: bool,
+    demo: bool,
+}
+
+const ALL: Services = Services {
+    ingest: true,
+    router: true,
+    api: true,
+    single_process: true,
+    demo: false,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "qzx failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref())?;
+    let services = match cli.command {
+        Command::CheckConfig => {
+            print!("{}", toml::to_string_pretty(&config).context("printing the configuration")?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Token(args) => {
+            println!("{}", mint_token(&config, args)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Sim(_) | Command::Bench(_) => {
+            eprintln!("error: this command is not built yet (see the open issues)");
+            return Ok(ExitCode::from(2));
+        }
+        Command::Demo => Services { demo: true, ..ALL },
+        Command::All => ALL,
+        Command::Ingest => Services {
+            ingest: true,
+            router: false,
+            api: false,
+            single_process: false,
+            demo: false,
+        },
+        Command::Router => Services {
+            ingest: false,
+            router: true,
+            api: false,
+            single_process: false,
+            demo: false,
+        },
+        Command::Api => Services {
+            ingest: false,
+            router: false,
+            api: true,
+            single_process: false,
+            demo: false,
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run_services(config, services))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mint_token(config: &Config, args: TokenArgs) -> anyhow::Result<String> {
+    let Some(secret) = config.auth.jwt_secret.as_deref() else {
+        bail!("QZX_JWT_SECRET is not set: tokens are signed with it");
+    };
+    let ttl = parse_ttl(&args.ttl).with_context(|| format!("--ttl {}: use 30s, 15m, 8h or 7d", args.ttl))?;
+    let role = Role::from(args.role);
+    let sub = args
+        .sub
+        .or_else(|| args.unit.clone())
+        .unwrap_or_else(|| format!("{role:?}").to_lowercase());
+    Ok(TokenKeys::new(secret).mint(&sub, role, &args.jurisdictions, args.unit.as_deref(), ttl)?)
+}
+
+async fn run_services(mut config: Config, services: Services) -> anyhow::Result<()> {
+    let brokers = match Brokers::configured(&config.kafka) {
+        Some(b) => b,
+        None if services.single_process => Brokers::start_embedded(&config.kafka)?,
+        None => bail!("QZX_KAFKA_BROKERS is not set: this command needs a Kafka cluster (only `demo` and `all` start the embedded broker)"),
+    };
+    if config.redis.url.is_none() && !services.single_process {
+        bail!(
+            "QZX_REDIS_URL is not set: the in-memory store only works when every service shares one process (`qzx all`, `qzx demo`)"
+        );
+    }
+    let demo_secret = config.auth.jwt_secret.is_none() && services.demo;
+    if demo_secret {
+        config.auth.jwt_secret = Some(bus::model::new_id() + &bus::model::new_id());
+    }
+    if config.auth.jwt_secret.is_none() && (services.ingest || services.api) {
+        bail!("QZX_JWT_SECRET is not set: only `demo` generates one");
+    }
+    let store = bus::store::open(config.redis.url.as_deref(), &config.redis.key_prefix).await?;
+    let metrics = serve::install_metrics()?;
+    let ctx = ServiceContext::new(config, brokers, store);
+    tracing::info!(
+        kafka = %ctx.brokers.bootstrap(),
+        embedded = ctx.brokers.is_embedded(),
+        store = ctx.store.kind(),
+        topics = %ctx.topics.prefix(),
+        "starting"
+    );
+    if ctx.brokers.is_embedded() {
+        ensure_topics(&ctx.brokers, &ctx.config.kafka, &ctx.topics, &Topic::ALL).await?;
+    }
+
+    let mut sup = Supervisor::default();
+    bus::service::cancel_on_signals(sup.token());
+
+    let mut app = axum::Router::new();
+    if services.ingest {
+        app = app.merge(ingest::start(&ctx, &mut sup).await.context("starting ingest")?);
+    }
+    if services.router {
+        router::start(&ctx, &mut sup).await.context("starting the router")?;
+    }
+    if services.api {
+        app = app.merge(dispatch_ui_api::start(&ctx, &mut sup).await.context("starting the api")?);
+    }
+    let listen = if services.ingest && !services.api {
+        ctx.config.ingest.listen.clone()
+    } else {
+        ctx.config.api.listen.clone()
+    };
+    let app = serve::with_common_routes(app, ctx.clone(), metrics);
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "listening");
+    if services.demo {
+        print_demo_banner(&ctx, local);
+    }
+    sup.spawn("http", serve::serve(listener, app, sup.token()));
+    let drain = ctx.config.kafka.drain_timeout() + Duration::from_secs(2);
+    sup.wait(drain).await
+}
+
+/// What a new user needs to start using the demo.
+fn print_demo_banner(ctx: &ServiceContext, address: std::net::SocketAddr) {
+    let Some(secret) = ctx.config.auth.jwt_secret.as_deref() else {
+        return;
+    };
+    let keys = TokenKeys::new(secret);
+    let day = Duration::from_secs(24 * 3600);
+    let all = ["*".to_owned()];
+    let mint = |sub: &str, role: Role, unit: Option<&str>| keys.mint(sub, role, &all, unit, day).unwrap_or_default();
+    let operator = mint("demo-operator", Role::Operator, None);
+    let analyst = mint("demo-analyst", Role::Analyst, None);
+    let source = mint("demo-source", Role::Source, None);
+    let unit_id = ctx.config.units.first().map_or("quancheng-01", |u| u.id.as_str());
+    let unit = mint(unit_id, Role::Unit, Some(unit_id));
+    let base = format!("http://{address}");
+    println!("qzx demo is running");
+    println!("  board     {base}/?token={operator}");
+    println!("  terminal  {base}/terminal?token={unit}   (unit {unit_id})");
+    println!("  analyst token  {analyst}");
+    println!("  source token   {source}");
+    println!(
+        "  kafka     {}{}",
+        ctx.brokers.bootstrap(),
+        if ctx.brokers.is_embedded() {
+            "   (embedded, not durable; any Kafka client can read it)"
+        } else {
+            ""
+        }
+    );
+    println!("  topics    {}*", ctx.topics.prefix());
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
