@@ -301,3 +301,41 @@ async fn a_broker_outage_is_an_error_not_a_delivery() {
     assert!(err.is_retriable(), "{err}");
     broker.broker_up(1).unwrap();
 }
+
+/// Topics that exist are left alone: no CreateTopics call is made, so a
+/// cluster without that API (the mock cluster) works as an external broker.
+#[tokio::test(flavor = "multi_thread")]
+async fn ensure_topics_leaves_existing_topics_alone() {
+    let ctx = testing::context("exist", BrokerChoice::Embedded, |_| {}).await;
+    let external = bus::Brokers::External(ctx.brokers.bootstrap().to_owned());
+    bus::kafka::ensure_topics(&external, &ctx.config.kafka, &ctx.topics, &Topic::ALL)
+        .await
+        .unwrap();
+}
+
+/// Events and actions with different partition counts break
+/// co-partitioning: the service stops with an error naming the topic.
+#[tokio::test(flavor = "multi_thread")]
+async fn mismatched_partitions_are_an_error_naming_the_topic() {
+    let Some(bootstrap) = testing::real_brokers() else {
+        eprintln!("skipped: no TEST_KAFKA_BROKERS (run through scripts/test.sh)");
+        return;
+    };
+    let brokers = bus::Brokers::External(bootstrap);
+    let topics = bus::Topics::new(testing::unique_prefix("copart"));
+    let mut config = bus::Config::defaults().kafka;
+    config.partitions = 3;
+    bus::kafka::ensure_topics(&brokers, &config, &topics, &[Topic::Events])
+        .await
+        .unwrap();
+    config.partitions = 2;
+    bus::kafka::ensure_topics(&brokers, &config, &topics, &[Topic::Actions])
+        .await
+        .unwrap();
+    let err = bus::kafka::ensure_topics(&brokers, &config, &topics, &[Topic::Events, Topic::Actions])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&topics.name(Topic::Actions)), "{err}");
+    assert!(err.contains("co-partitioned"), "{err}");
+}

@@ -64,6 +64,17 @@ async fn create_external(
     topics: &Topics,
     wanted: &[Topic],
 ) -> Result<(), TopicError> {
+    // Only what is missing: a cluster that manages its topics itself (or
+    // has no CreateTopics API, like the mock cluster) is left alone.
+    let existing = existing_topics(brokers).await?;
+    let wanted: Vec<Topic> = wanted
+        .iter()
+        .copied()
+        .filter(|t| !existing.contains(&topics.name(*t)))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
     let admin: AdminClient<DefaultClientContext> =
         brokers.client_config().create().map_err(|e| TopicError::Create {
             topic: topics.prefix().to_owned() + "*",
@@ -103,6 +114,33 @@ async fn create_external(
         }
     }
     Ok(())
+}
+
+/// Names of the topics the cluster has.
+async fn existing_topics(brokers: &Brokers) -> Result<std::collections::HashSet<String>, TopicError> {
+    let consumer: BaseConsumer = brokers
+        .client_config()
+        .create()
+        .map_err(|source| TopicError::Metadata {
+            topic: "*".to_owned(),
+            source,
+        })?;
+    tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_metadata(None, ADMIN_TIMEOUT)
+            .map(|md| md.topics().iter().map(|t| t.name().to_owned()).collect())
+            .map_err(|source| TopicError::Metadata {
+                topic: "*".to_owned(),
+                source,
+            })
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(TopicError::Create {
+            topic: "*".to_owned(),
+            message: e.to_string(),
+        })
+    })
 }
 
 /// Partition count of each topic, read from the cluster metadata.
