@@ -3,6 +3,7 @@
 //! service is a library with one `start(ctx, supervisor)`, so `qzx all`,
 //! `qzx demo`, one-service commands and tests start the same code.
 
+mod bench;
 mod serve;
 
 use std::path::PathBuf;
@@ -77,6 +78,20 @@ struct BenchArgs {
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// Events per second for the latency figure.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// How long the latency figure is measured, seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Idle WebSocket connections to hold.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Simulated unit terminals receiving tasks.
+    #[arg(long, default_value_t = 200)]
+    units: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -162,7 +177,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", mint_token(&config, args)?);
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Sim(_) | Command::Bench(_) => {
+        Command::Bench(args) => {
+            let options = bench::BenchOptions {
+                rate: args.rate,
+                seconds: args.seconds,
+                connections: args.connections,
+                units: args.units,
+                seed: args.seed,
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let report = runtime.block_on(bench::run(config, options, true))?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                bench::print_table(&report);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Sim(_) => {
             eprintln!("error: this command is not built yet (see the open issues)");
             return Ok(ExitCode::from(2));
         }

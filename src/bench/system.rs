@@ -1,0 +1,225 @@
+//! The system under test for `qzx bench`: this binary started as child
+//! processes on free loopback ports, on a broker this process owns (the
+//! embedded one) or the configured one. Child CPU time and memory come from
+//! `/proc`, so the load generator's own work is not counted.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bus::auth::TokenKeys;
+use bus::embedded::EmbeddedBroker;
+use bus::kafka::{Brokers, ensure_topics};
+use bus::model::Role;
+use bus::{Config, Topic, Topics};
+use tokio::process::{Child, Command};
+
+/// Linux reports CPU time in clock ticks of 1/100 s on every platform we
+/// run on.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+struct Service {
+    name: &'static str,
+    child: Child,
+    http: SocketAddr,
+}
+
+pub struct System {
+    services: Vec<Service>,
+    /// Kept alive for the run: the children's broker.
+    embedded: Option<Arc<EmbeddedBroker>>,
+    pub bootstrap: String,
+    pub api_addr: SocketAddr,
+    ingest_addr: SocketAddr,
+    keys: TokenKeys,
+    topics: Topics,
+    config: Config,
+    pub source_token: String,
+    pub http: reqwest::Client,
+}
+
+impl System {
+    pub async fn start(config: &Config) -> anyhow::Result<System> {
+        let prefix = format!("bench-{}.", bus::model::new_id());
+        let topics = Topics::new(prefix.clone());
+        let (brokers, embedded) = match Brokers::configured(&config.kafka) {
+            Some(b) => (b, None),
+            None => {
+                let broker = Arc::new(EmbeddedBroker::start(config.kafka.embedded_brokers)?);
+                (Brokers::Embedded(broker.clone()), Some(broker))
+            }
+        };
+        ensure_topics(&brokers, &config.kafka, &topics, &Topic::ALL).await?;
+        let secret = bus::model::new_id();
+        let exe = std::env::current_exe().context("locating the qzx binary")?;
+        let base_env: Vec<(String, String)> = vec![
+            ("QZX_KAFKA_BROKERS".into(), brokers.bootstrap().to_owned()),
+            ("QZX_TOPIC_PREFIX".into(), prefix.clone()),
+            ("QZX_JWT_SECRET".into(), secret.clone()),
+            // Bench events are all distinct matters: no repeat linking.
+            ("QZX_ROUTER__REPEAT_DISTANCE_M".into(), "0".into()),
+            ("QZX_ROUTER__FUSION_DISTANCE_M".into(), "0".into()),
+            ("RUST_LOG".into(), "warn".into()),
+        ];
+        let roles: Vec<(&'static str, &'static [&'static str])> = if config.redis.url.is_some() {
+            vec![("ingest", &["ingest"]), ("router", &["router"]), ("api", &["api"])]
+        } else {
+            vec![("all", &["all"])]
+        };
+        let mut services = Vec::new();
+        for (name, args) in roles {
+            let port = free_port()?;
+            let http: SocketAddr = ([127, 0, 0, 1], port).into();
+            let mut cmd = Command::new(&exe);
+            cmd.args(args.iter())
+                .envs(base_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .env("QZX_LISTEN", http.to_string())
+                .env("QZX_INGEST_LISTEN", http.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true);
+            if let Some(url) = &config.redis.url {
+                cmd.env("QZX_REDIS_URL", url);
+            }
+            let child = cmd.spawn().with_context(|| format!("starting qzx {name}"))?;
+            services.push(Service { name, child, http });
+        }
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        for s in &services {
+            wait_ready(&http, s.http, s.name).await?;
+        }
+        let addr_of = |wanted: &[&str]| {
+            services
+                .iter()
+                .find(|s| wanted.contains(&s.name))
+                .map(|s| s.http)
+                .context("service address")
+        };
+        let api_addr = addr_of(&["api", "all"])?;
+        let ingest_addr = addr_of(&["ingest", "all"])?;
+        let keys = TokenKeys::new(&secret);
+        let source_token = keys.mint("bench-source", Role::Source, &["*".into()], None, Duration::from_secs(3600))?;
+        Ok(System {
+            services,
+            embedded,
+            bootstrap: brokers.bootstrap().to_owned(),
+            api_addr,
+            ingest_addr,
+            keys,
+            topics,
+            config: config.clone(),
+            source_token,
+            http,
+        })
+    }
+
+    pub fn broker_description(&self) -> String {
+        match &self.embedded {
+            Some(_) => format!("embedded (librdkafka mock cluster) at {}", self.bootstrap),
+            None => format!("external at {}", self.bootstrap),
+        }
+    }
+
+    /// A topic of this run's prefix for the ceiling measurements, apart
+    /// from the pipeline's own.
+    pub async fn ceiling_topic(&self) -> anyhow::Result<String> {
+        let topics = Topics::new(format!("{}ceiling.", self.topics.prefix()));
+        let brokers = match &self.embedded {
+            Some(e) => Brokers::Embedded(e.clone()),
+            None => Brokers::External(self.bootstrap.clone()),
+        };
+        ensure_topics(&brokers, &self.config.kafka, &topics, &[Topic::Events]).await?;
+        Ok(topics.name(Topic::Events))
+    }
+
+    pub fn token(&self, role: Role, unit: Option<&str>) -> anyhow::Result<String> {
+        let sub = unit.unwrap_or("bench");
+        Ok(self.keys.mint(sub, role, &["*".into()], unit, Duration::from_secs(3600))?)
+    }
+
+    pub fn ws_base(&self) -> String {
+        format!("ws://{}", self.api_addr)
+    }
+
+    pub fn ingest_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.ingest_addr)
+    }
+
+    /// CPU seconds (user + system) used so far by each service process.
+    pub fn cpu_seconds(&self) -> HashMap<String, f64> {
+        self.services
+            .iter()
+            .filter_map(|s| Some((s.name.to_owned(), proc_cpu_seconds(s.child.id()?)?)))
+            .collect()
+    }
+
+    /// Resident memory of the process serving WebSockets, KiB.
+    pub fn api_rss_kib(&self) -> f64 {
+        self.services
+            .iter()
+            .find(|s| s.name == "api" || s.name == "all")
+            .and_then(|s| proc_rss_kib(s.child.id()?))
+            .unwrap_or(0.0)
+    }
+
+    /// Stops the children gracefully (SIGTERM through `kill`), then hard.
+    pub async fn stop(mut self) {
+        for s in &mut self.services {
+            if let Some(pid) = s.child.id() {
+                let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            }
+        }
+        for s in &mut self.services {
+            if tokio::time::timeout(Duration::from_secs(10), s.child.wait()).await.is_err() {
+                let _ = s.child.kill().await;
+            }
+        }
+        drop(self.embedded.take());
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_ready(http: &reqwest::Client, addr: SocketAddr, name: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("http://{addr}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("qzx {name} on {addr} did not become ready within 60 s")
+}
+
+fn proc_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / CLOCK_TICKS_PER_SECOND)
+}
+
+fn proc_rss_kib(pid: u32) -> Option<f64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
