@@ -40,7 +40,7 @@ enum LogFormat {
 enum Command {
     /// Ingest, router and api in one process plus the city simulator, on the
     /// embedded broker and in-memory store unless configured otherwise.
-    Demo,
+    Demo(DemoArgs),
     /// Ingest, router and api in one process, no simulator.
     All,
     /// The ingest service alone (HTTP on QZX_INGEST_LISTEN).
@@ -60,17 +60,35 @@ enum Command {
 }
 
 #[derive(Args, Debug)]
+struct DemoArgs {
+    /// Run the city this many times faster than real time; the 1-3-5
+    /// targets and the router's windows are scaled to match.
+    #[arg(long)]
+    speed: Option<f64>,
+    /// Seed of the simulated city (a repeatable run).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Args, Debug)]
 struct SimArgs {
     /// Base URL of the deployment (ingest and api).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     target: String,
-    /// An admin token for the deployment.
+    /// A source or admin token for the deployment. With QZX_JWT_SECRET set
+    /// instead, every token (units included) is minted.
     #[arg(long)]
     token: Option<String>,
     #[arg(long)]
     speed: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
+    /// Simulated seconds to run (default: until interrupted).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -134,7 +152,7 @@ impl From<RoleArg> for Role {
 }
 
 /// Which services one process runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Services {
     ingest: bool,
     router: bool,
@@ -142,7 +160,14 @@ struct Services {
     /// Only `demo` and `all` may start the embedded broker and use the
     /// in-memory store: every service is then in this process.
     single_process: bool,
-    demo: bool,
+    /// Run the simulated city too, with these overrides.
+    demo: Option<DemoOverrides>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct DemoOverrides {
+    speed: Option<f64>,
+    seed: Option<u64>,
 }
 
 const ALL: Services = Services {
@@ -150,7 +175,7 @@ const ALL: Services = Services {
     router: true,
     api: true,
     single_process: true,
-    demo: false,
+    demo: None,
 };
 
 fn main() -> ExitCode {
@@ -194,32 +219,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Sim(_) => {
-            eprintln!("error: this command is not built yet (see the open issues)");
-            return Ok(ExitCode::from(2));
+        Command::Sim(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(run_sim(config, args))?;
+            return Ok(ExitCode::SUCCESS);
         }
-        Command::Demo => Services { demo: true, ..ALL },
+        Command::Demo(args) => Services {
+            demo: Some(DemoOverrides {
+                speed: args.speed,
+                seed: args.seed,
+            }),
+            ..ALL
+        },
         Command::All => ALL,
         Command::Ingest => Services {
             ingest: true,
             router: false,
             api: false,
             single_process: false,
-            demo: false,
+            demo: None,
         },
         Command::Router => Services {
             ingest: false,
             router: true,
             api: false,
             single_process: false,
-            demo: false,
+            demo: None,
         },
         Command::Api => Services {
             ingest: false,
             router: false,
             api: true,
             single_process: false,
-            demo: false,
+            demo: None,
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -254,7 +286,16 @@ async fn run_services(mut config: Config, services: Services) -> anyhow::Result<
             "QZX_REDIS_URL is not set: the in-memory store only works when every service shares one process (`qzx all`, `qzx demo`)"
         );
     }
-    let demo_secret = config.auth.jwt_secret.is_none() && services.demo;
+    if let Some(demo) = services.demo {
+        let speed = demo.speed.unwrap_or(config.sim.speed);
+        // The city runs `speed` times faster; so must the clocks it is
+        // judged by.
+        config = sim::scaled_config(&config, speed);
+        if let Some(seed) = demo.seed {
+            config.sim.seed = seed;
+        }
+    }
+    let demo_secret = config.auth.jwt_secret.is_none() && services.demo.is_some();
     if demo_secret {
         config.auth.jwt_secret = Some(bus::model::new_id() + &bus::model::new_id());
     }
@@ -299,12 +340,54 @@ async fn run_services(mut config: Config, services: Services) -> anyhow::Result<
         .with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "listening");
-    if services.demo {
-        print_demo_banner(&ctx, local);
-    }
     sup.spawn("http", serve::serve(listener, app, sup.token()));
+    if services.demo.is_some() {
+        print_demo_banner(&ctx, local);
+        start_simulator(&ctx, local, &mut sup)?;
+    }
     let drain = ctx.config.kafka.drain_timeout() + Duration::from_secs(2);
     sup.wait(drain).await
+}
+
+/// The simulated city against this process's own HTTP and WebSocket
+/// interfaces, as any client would drive it.
+fn start_simulator(ctx: &ServiceContext, address: std::net::SocketAddr, sup: &mut Supervisor) -> anyhow::Result<()> {
+    let secret = ctx.config.auth.jwt_secret.as_deref().context("the demo has a token secret")?;
+    let options = sim::SimOptions::with_keys(&ctx.config, &format!("http://{address}"), &TokenKeys::new(secret))?;
+    let config = ctx.config.clone();
+    let token = sup.token();
+    sup.spawn("simulator", async move {
+        let report = sim::run(config, options, token).await?;
+        tracing::info!(
+            calls = report.calls_posted,
+            tasks = report.tasks_received,
+            "simulator stopped"
+        );
+        Ok(())
+    });
+    Ok(())
+}
+
+/// `qzx sim`: the simulated city against a running deployment, until
+/// interrupted or for `--duration` simulated seconds.
+async fn run_sim(config: Config, args: SimArgs) -> anyhow::Result<()> {
+    let mut options = sim::SimOptions::for_target(&config, &args.target, args.token.as_deref())?;
+    if let Some(speed) = args.speed {
+        options.speed = speed;
+    }
+    if let Some(seed) = args.seed {
+        options.seed = seed;
+    }
+    options.duration = args.duration.map(Duration::from_secs);
+    let token = tokio_util::sync::CancellationToken::new();
+    bus::service::cancel_on_signals(token.clone());
+    let report = sim::run(std::sync::Arc::new(config), options, token).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
 }
 
 /// What a new user needs to start using the demo.
