@@ -195,25 +195,21 @@ impl Ingest {
                 .increment(dead.len() as u64);
         }
 
-        // Kafka has them; now the hot state. Re-read right before writing
-        // so a status the router set meanwhile is not overwritten.
+        // Kafka has them; now the hot state. `move_unit` changes the
+        // position atomically and never the status or task, so a status
+        // the router sets at the same moment survives.
         for ((index, unit), record) in units.into_iter().zip(&records) {
-            let merged = match self.store.unit(&unit.id).await {
-                Ok(Some(mut current)) => {
-                    current.lat = unit.lat;
-                    current.lon = unit.lon;
-                    current.at = unit.at;
-                    current.speed_kmh = unit.speed_kmh;
-                    current
-                }
-                Ok(None) => unit.clone(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "store failed reading a unit");
-                    return Err(self.unavailable("the unit store is unavailable; retry".to_owned()));
-                }
+            let (Some(lat), Some(lon)) = (unit.lat, unit.lon) else {
+                continue;
             };
-            if let Err(e) = self.store.put_unit(&merged).await {
-                tracing::warn!(error = %e, "store failed writing a unit");
+            let stored = match self.store.move_unit(&unit.id, lat, lon, unit.speed_kmh, unit.at).await {
+                Ok(Some(_)) => Ok(()),
+                // Not known yet: registered as the roster (or its place) says.
+                Ok(None) => self.store.put_unit(&unit).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = stored {
+                tracing::warn!(error = %e, "store failed writing a unit position");
                 return Err(self.unavailable("the unit store is unavailable; retry".to_owned()));
             }
             ::metrics::counter!(m::INGEST_POSITIONS_TOTAL).increment(1);

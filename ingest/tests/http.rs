@@ -703,8 +703,9 @@ async fn positions_move_units_without_changing_what_they_do() {
     // A roster unit the store has not seen yet: far from home, still its
     // roster type and jurisdiction.
     let listed = h.ctx.config.units[1].clone();
+    let reported = (busy.at + chrono::Duration::seconds(1)).to_rfc3339();
     let body = json!([
-        {"unit": roster.id, "lat": 36.67, "lon": 117.03, "at": "2026-11-22T14:00:00+08:00", "speed_kmh": 40.0},
+        {"unit": roster.id, "lat": 36.67, "lon": 117.03, "at": reported, "speed_kmh": 40.0},
         {"unit": stranger, "lat": 36.6683, "lon": 117.0204},
         {"unit": "x", "lat": 36.6, "lon": 200},
         {"unit": listed.id, "lat": 38.9, "lon": -77.0}
@@ -725,6 +726,13 @@ async fn positions_move_units_without_changing_what_they_do() {
         (stored.lat, stored.lon, stored.speed_kmh),
         (Some(36.67), Some(117.03), Some(40.0))
     );
+
+    // A report older than what the store has (GPS fixes arrive out of
+    // order) does not move the unit back.
+    let stale = json!([{"unit": roster.id, "lat": 36.60, "lon": 117.00, "at": busy.at.to_rfc3339()}]);
+    assert_eq!(h.post_json("/v1/positions", &stale).await.status, StatusCode::ACCEPTED);
+    let stored = h.ctx.store.unit(&roster.id).await.unwrap().unwrap();
+    assert_eq!((stored.lat, stored.lon), (Some(36.67), Some(117.03)));
 
     let new = h.ctx.store.unit(&stranger).await.unwrap().unwrap();
     assert_eq!(new.status, UnitStatus::OffDuty);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 
 use super::{Appended, Claim, HistoryEntry, HistoryLimits, HistoryRead, NearbyUnit, Store, StoreResult};
-use crate::model::{Incident, Unit, UnitStatus};
+use crate::model::{Incident, Timestamp, Unit, UnitStatus};
 
 /// Earth radius that Redis' GEO commands use; the in-memory distances use it
 /// too so that both stores report the same metres.
@@ -347,6 +347,29 @@ impl Store for MemoryStore {
         near.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then_with(|| a.unit.cmp(&b.unit)));
         near.truncate(limit);
         Ok(near)
+    }
+
+    async fn move_unit(
+        &self,
+        id: &str,
+        lat: f64,
+        lon: f64,
+        speed_kmh: Option<f64>,
+        at: Timestamp,
+    ) -> StoreResult<Option<Unit>> {
+        let mut units = lock(&self.units);
+        let Some(unit) = units.get_mut(id) else {
+            return Ok(None);
+        };
+        if at >= unit.at {
+            unit.lat = Some(lat);
+            unit.lon = Some(lon);
+            unit.at = at;
+            if speed_kmh.is_some() {
+                unit.speed_kmh = speed_kmh;
+            }
+        }
+        Ok(Some(unit.clone()))
     }
 
     async fn claim_unit(&self, id: &str, task: &str) -> StoreResult<Claim> {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::model::{Incident, Unit, UnitStatus};
+use crate::model::{Incident, Timestamp, Unit, UnitStatus};
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
@@ -110,6 +110,20 @@ pub trait Store: Send + Sync + 'static {
     /// Units within `radius_m` of the point, nearest first, at most `limit`,
     /// whatever their status.
     async fn nearest_units(&self, lat: f64, lon: f64, radius_m: f64, limit: usize) -> StoreResult<Vec<NearbyUnit>>;
+    /// Atomically sets a unit's position, speed (when reported) and report
+    /// time, leaving its
+    /// status and task as they are (a position report must never undo a
+    /// status change made at the same moment). A report older than the
+    /// stored one is ignored. Returns the unit as stored, `None` when the
+    /// unit is unknown.
+    async fn move_unit(
+        &self,
+        id: &str,
+        lat: f64,
+        lon: f64,
+        speed_kmh: Option<f64>,
+        at: Timestamp,
+    ) -> StoreResult<Option<Unit>>;
     /// Atomically moves an `available` unit to `assigned` with `task`. Two
     /// incidents racing for one unit: exactly one gets `Claimed`.
     async fn claim_unit(&self, id: &str, task: &str) -> StoreResult<Claim>;

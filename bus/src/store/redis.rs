@@ -36,7 +36,7 @@ use serde::de::DeserializeOwned;
 
 use super::memory::{CLOSED_INCIDENT_TTL, StreamId, indexable_position, is_indexable, ttl_ms};
 use super::{Appended, Claim, HistoryEntry, HistoryLimits, HistoryRead, NearbyUnit, Store, StoreError, StoreResult};
-use crate::model::{Incident, Unit, UnitStatus};
+use crate::model::{Incident, Timestamp, Unit, UnitStatus};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Generous for a local Redis; an answer slower than this means trouble and
@@ -414,6 +414,55 @@ impl Store for RedisStore {
                 Ok(NearbyUnit { unit, distance_m })
             })
             .collect()
+    }
+
+    async fn move_unit(
+        &self,
+        id: &str,
+        lat: f64,
+        lon: f64,
+        speed_kmh: Option<f64>,
+        at: Timestamp,
+    ) -> StoreResult<Option<Unit>> {
+        let key = self.unit_key(id);
+        let reply = self.query(&key, redis::cmd("GET").arg(&key)).await?;
+        let mut current = bytes(reply, &key)?;
+        for _ in 0..CLAIM_ATTEMPTS {
+            let Some(json) = current else {
+                return Ok(None);
+            };
+            let mut unit: Unit = from_json(&json, &key)?;
+            if at < unit.at {
+                return Ok(Some(unit));
+            }
+            unit.lat = Some(lat);
+            unit.lon = Some(lon);
+            unit.at = at;
+            if speed_kmh.is_some() {
+                unit.speed_kmh = speed_kmh;
+            }
+            let moved = to_json(&unit, &key)?;
+            let reply = self
+                .run(&key, self.compare_and_set.key(&key).arg(&json).arg(moved))
+                .await?;
+            match reply {
+                Value::Int(1) => {
+                    let geo = self.geo_key();
+                    let cmd = match indexable_position(&unit) {
+                        Some((lat, lon)) => redis::cmd("GEOADD").arg(&geo).arg(lon).arg(lat).arg(id).clone(),
+                        None => redis::cmd("ZREM").arg(&geo).arg(id).clone(),
+                    };
+                    self.query(&geo, &cmd).await?;
+                    return Ok(Some(unit));
+                }
+                // Written in between (a status change): apply the position
+                // to what is there now.
+                other => current = bytes(other, &key)?,
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "unit {id} changed {CLAIM_ATTEMPTS} times while being moved"
+        )))
     }
 
     async fn claim_unit(&self, id: &str, task: &str) -> StoreResult<Claim> {

@@ -32,6 +32,7 @@ pub async fn run_all(store: &dyn Store) {
     nearest_units(store).await;
     claim_unit(store).await;
     claim_unit_race(store).await;
+    move_unit(store).await;
     incidents(store).await;
     windows(store).await;
     history(store).await;
@@ -69,6 +70,59 @@ fn unit(id: &str, status: UnitStatus, position: Option<(f64, f64)>) -> Unit {
         speed_kmh: Some(42.5),
         name: Some(format!("历下{id}")),
     }
+}
+
+/// A position report moves the unit (and its place in the nearest-unit
+/// search) but never its status or task; an older report changes nothing.
+pub async fn move_unit(store: &dyn Store) {
+    let mut u = unit("mv-1", UnitStatus::Available, Some(JINAN));
+    u.at = Utc.with_ymd_and_hms(2025, 3, 1, 9, 0, 0).single().expect("valid time");
+    store.put_unit(&u).await.expect("put_unit");
+    let Claim::Claimed(_) = store.claim_unit("mv-1", "task-9").await.expect("claim") else {
+        panic!("the unit is available");
+    };
+    let later = u.at + chrono::Duration::seconds(10);
+    let far = (36.7000, 117.1000);
+    let moved = store
+        .move_unit("mv-1", far.0, far.1, Some(30.0), later)
+        .await
+        .expect("move_unit")
+        .expect("the unit exists");
+    assert_eq!((moved.lat, moved.lon), (Some(far.0), Some(far.1)));
+    assert_eq!(moved.status, UnitStatus::Assigned, "the claim survives the move");
+    assert_eq!(moved.task.as_deref(), Some("task-9"));
+    assert_eq!(moved.at, later);
+    assert_eq!(moved.speed_kmh, Some(30.0));
+    let stored = store.unit("mv-1").await.expect("unit").expect("stored");
+    assert_eq!(stored, moved);
+    let near_far = store.nearest_units(far.0, far.1, 50.0, 10).await.expect("nearest");
+    assert!(
+        near_far.iter().any(|n| n.unit == "mv-1"),
+        "indexed at the new place: {near_far:?}"
+    );
+    let near_old = store.nearest_units(JINAN.0, JINAN.1, 50.0, 10).await.expect("nearest");
+    assert!(
+        !near_old.iter().any(|n| n.unit == "mv-1"),
+        "not at the old place: {near_old:?}"
+    );
+
+    let stale = store
+        .move_unit("mv-1", JINAN.0, JINAN.1, None, u.at)
+        .await
+        .expect("move_unit")
+        .expect("the unit exists");
+    assert_eq!(
+        (stale.lat, stale.lon),
+        (Some(far.0), Some(far.1)),
+        "an older report is ignored"
+    );
+    assert_eq!(
+        store
+            .move_unit("nobody", 1.0, 1.0, None, later)
+            .await
+            .expect("move_unit"),
+        None
+    );
 }
 
 fn incident(id: &str, version: u64, status: IncidentStatus) -> Incident {
