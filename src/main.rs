@@ -62,13 +62,24 @@ enum Command {
 #[derive(Args, Debug)]
 struct DemoArgs {
     /// Run the city this many times faster than real time; the 1-3-5
-    /// targets and the router's windows are scaled to match.
-    #[arg(long)]
-    speed: Option<f64>,
+    /// targets and the router's windows are scaled to match, so a breach
+    /// means the same as in real time.
+    #[arg(long, default_value_t = DEMO_SPEED)]
+    speed: f64,
     /// Seed of the simulated city (a repeatable run).
     #[arg(long)]
     seed: Option<u64>,
+    /// Local hour of the day the simulated city starts at (the call rate
+    /// follows the hour); the evening peak by default, so the demo is busy.
+    #[arg(long, default_value_t = DEMO_START_HOUR)]
+    start_hour: f64,
 }
+
+/// Ten times real time: a 1-minute target shows as 6 s on the board, and a
+/// job (drive, on scene, close) takes a minute or two instead of half an
+/// hour.
+const DEMO_SPEED: f64 = 10.0;
+const DEMO_START_HOUR: f64 = 19.0;
 
 #[derive(Args, Debug)]
 struct SimArgs {
@@ -86,6 +97,12 @@ struct SimArgs {
     /// Simulated seconds to run (default: until interrupted).
     #[arg(long)]
     duration: Option<u64>,
+    /// Local hour of the day the simulated city starts at (default: now).
+    #[arg(long)]
+    start_hour: Option<f64>,
+    /// Ingest's base URL when it is not the target's.
+    #[arg(long)]
+    ingest_url: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -166,8 +183,9 @@ struct Services {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct DemoOverrides {
-    speed: Option<f64>,
+    speed: f64,
     seed: Option<u64>,
+    start_hour: f64,
 }
 
 const ALL: Services = Services {
@@ -228,6 +246,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             demo: Some(DemoOverrides {
                 speed: args.speed,
                 seed: args.seed,
+                start_hour: args.start_hour,
             }),
             ..ALL
         },
@@ -286,19 +305,20 @@ async fn run_services(mut config: Config, services: Services) -> anyhow::Result<
             "QZX_REDIS_URL is not set: the in-memory store only works when every service shares one process (`qzx all`, `qzx demo`)"
         );
     }
-    if let Some(demo) = services.demo {
-        let speed = demo.speed.unwrap_or(config.sim.speed);
-        // The city runs `speed` times faster; so must the clocks it is
-        // judged by.
-        config = sim::scaled_config(&config, speed);
-        if let Some(seed) = demo.seed {
-            config.sim.seed = seed;
-        }
-    }
-    let demo_secret = config.auth.jwt_secret.is_none() && services.demo.is_some();
-    if demo_secret {
+    if config.auth.jwt_secret.is_none() && services.demo.is_some() {
         config.auth.jwt_secret = Some(bus::model::new_id() + &bus::model::new_id());
     }
+    // The simulator drives units in simulated time on the configuration as
+    // written; the services run on clocks scaled by the same speed.
+    let simulation = services.demo.map(|demo| {
+        let mut city = config.clone();
+        city.sim.speed = demo.speed;
+        if let Some(seed) = demo.seed {
+            city.sim.seed = seed;
+        }
+        config = sim::scaled_config(&config, demo.speed);
+        (std::sync::Arc::new(city), demo.start_hour)
+    });
     if config.auth.jwt_secret.is_none() && (services.ingest || services.api) {
         bail!("QZX_JWT_SECRET is not set: only `demo` generates one");
     }
@@ -341,9 +361,9 @@ async fn run_services(mut config: Config, services: Services) -> anyhow::Result<
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "listening");
     sup.spawn("http", serve::serve(listener, app, sup.token()));
-    if services.demo.is_some() {
+    if let Some((city, start_hour)) = simulation {
         print_demo_banner(&ctx, local);
-        start_simulator(&ctx, local, &mut sup)?;
+        start_simulator(city, start_hour, local, &mut sup)?;
     }
     let drain = ctx.config.kafka.drain_timeout() + Duration::from_secs(2);
     sup.wait(drain).await
@@ -351,10 +371,15 @@ async fn run_services(mut config: Config, services: Services) -> anyhow::Result<
 
 /// The simulated city against this process's own HTTP and WebSocket
 /// interfaces, as any client would drive it.
-fn start_simulator(ctx: &ServiceContext, address: std::net::SocketAddr, sup: &mut Supervisor) -> anyhow::Result<()> {
-    let secret = ctx.config.auth.jwt_secret.as_deref().context("the demo has a token secret")?;
-    let options = sim::SimOptions::with_keys(&ctx.config, &format!("http://{address}"), &TokenKeys::new(secret))?;
-    let config = ctx.config.clone();
+fn start_simulator(
+    config: std::sync::Arc<Config>,
+    start_hour: f64,
+    address: std::net::SocketAddr,
+    sup: &mut Supervisor,
+) -> anyhow::Result<()> {
+    let secret = config.auth.jwt_secret.as_deref().context("the demo has a token secret")?;
+    let mut options = sim::SimOptions::with_keys(&config, &format!("http://{address}"), &TokenKeys::new(secret))?;
+    options.start_hour = Some(start_hour);
     let token = sup.token();
     sup.spawn("simulator", async move {
         let report = sim::run(config, options, token).await?;
@@ -379,6 +404,12 @@ async fn run_sim(config: Config, args: SimArgs) -> anyhow::Result<()> {
         options.seed = seed;
     }
     options.duration = args.duration.map(Duration::from_secs);
+    if args.start_hour.is_some() {
+        options.start_hour = args.start_hour;
+    }
+    if args.ingest_url.is_some() {
+        options.ingest_url = args.ingest_url;
+    }
     let token = tokio_util::sync::CancellationToken::new();
     bus::service::cancel_on_signals(token.clone());
     let report = sim::run(std::sync::Arc::new(config), options, token).await?;
