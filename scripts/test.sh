@@ -79,7 +79,8 @@ start_stack() {
   pids+=($!)
 
   kafka_port=$(free_port)
-  "$TANSU" broker --listener-url "tcp://127.0.0.1:$kafka_port" \
+  # tansu at info logs every request: gigabytes in minutes.
+  RUST_LOG=warn "$TANSU" broker --listener-url "tcp://127.0.0.1:$kafka_port" \
     --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
     --storage-engine memory://tansu/ >"$stack/tansu.log" 2>&1 &
   pids+=($!)

@@ -18,7 +18,11 @@ use bus::{Config, ServiceContext, Supervisor, Topic};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "qzx", version, about = "Streaming event bus for police command centres (情指行)")]
+#[command(
+    name = "qzx",
+    version,
+    about = "Streaming event bus for police command centres (情指行)"
+)]
 struct Cli {
     /// Configuration file layered over the compiled-in defaults.
     #[arg(long, global = true, value_name = "FILE")]
@@ -213,7 +217,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
     let services = match cli.command {
         Command::CheckConfig => {
-            print!("{}", toml::to_string_pretty(&config).context("printing the configuration")?);
+            print!(
+                "{}",
+                toml::to_string_pretty(&config).context("printing the configuration")?
+            );
             return Ok(ExitCode::SUCCESS);
         }
         Command::Token(args) => {
@@ -298,7 +305,9 @@ async fn run_services(mut config: Config, services: Services) -> anyhow::Result<
     let brokers = match Brokers::configured(&config.kafka) {
         Some(b) => b,
         None if services.single_process => Brokers::start_embedded(&config.kafka)?,
-        None => bail!("QZX_KAFKA_BROKERS is not set: this command needs a Kafka cluster (only `demo` and `all` start the embedded broker)"),
+        None => bail!(
+            "QZX_KAFKA_BROKERS is not set: this command needs a Kafka cluster (only `demo` and `all` start the embedded broker)"
+        ),
     };
     if config.redis.url.is_none() && !services.single_process {
         bail!(
@@ -347,7 +356,11 @@ async fn run_services(mut config: Config, services: Services) -> anyhow::Result<
         router::start(&ctx, &mut sup).await.context("starting the router")?;
     }
     if services.api {
-        app = app.merge(dispatch_ui_api::start(&ctx, &mut sup).await.context("starting the api")?);
+        app = app.merge(
+            dispatch_ui_api::start(&ctx, &mut sup)
+                .await
+                .context("starting the api")?,
+        );
     }
     let listen = if services.ingest && !services.api {
         ctx.config.ingest.listen.clone()
@@ -377,7 +390,11 @@ fn start_simulator(
     address: std::net::SocketAddr,
     sup: &mut Supervisor,
 ) -> anyhow::Result<()> {
-    let secret = config.auth.jwt_secret.as_deref().context("the demo has a token secret")?;
+    let secret = config
+        .auth
+        .jwt_secret
+        .as_deref()
+        .context("the demo has a token secret")?;
     let mut options = sim::SimOptions::with_keys(&config, &format!("http://{address}"), &TokenKeys::new(secret))?;
     options.start_hour = Some(start_hour);
     let token = sup.token();
@@ -456,7 +473,9 @@ fn print_demo_banner(ctx: &ServiceContext, address: std::net::SocketAddr) {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -36,11 +36,18 @@ impl Throughput {
 
 /// Produces `count` copies of `payload` with the settings qzx's producer
 /// uses (idempotent, `acks=all`, the same linger), all in flight at once.
-pub async fn raw_produce(bootstrap: &str, topic: &str, payload: &[u8], count: u64, linger_ms: u64) -> anyhow::Result<Throughput> {
+pub async fn raw_produce(
+    bootstrap: &str,
+    topic: &str,
+    payload: &[u8],
+    count: u64,
+    linger_ms: u64,
+) -> anyhow::Result<Throughput> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
+        .set("partitioner", bus::kafka::PARTITIONER)
         .set("linger.ms", linger_ms.to_string())
         .set("log_level", "3")
         .create()
@@ -51,7 +58,10 @@ pub async fn raw_produce(bootstrap: &str, topic: &str, payload: &[u8], count: u6
         let producer = &producer;
         async move {
             producer
-                .send(FutureRecord::to(topic).key(&key).payload(payload), Timeout::After(Duration::from_secs(30)))
+                .send(
+                    FutureRecord::to(topic).key(&key).payload(payload),
+                    Timeout::After(Duration::from_secs(30)),
+                )
                 .await
                 .map_err(|(e, _)| e)
         }
@@ -129,11 +139,15 @@ pub async fn ws_broadcast(clients: usize, messages: usize, payload: &str) -> any
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(clients);
     let server = tokio::spawn(async move {
         for _ in 0..clients {
-            let Ok((stream, _)) = listener.accept().await else { break };
+            let Ok((stream, _)) = listener.accept().await else {
+                break;
+            };
             let mut rx = server_tx.subscribe();
             let ready = ready_tx.clone();
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
                 let _ = ready.send(()).await;
                 while let Ok(m) = rx.recv().await {
                     if ws.send(m).await.is_err() {

@@ -142,8 +142,13 @@ pub async fn run(config: Config, options: BenchOptions, progress: bool) -> anyho
         config.kafka.linger_ms,
     )
     .await?;
-    let raw_consume =
-        ceilings::raw_consume(&system.bootstrap, &ceiling_topic, config.kafka.partitions, produce_count).await?;
+    let raw_consume = ceilings::raw_consume(
+        &system.bootstrap,
+        &ceiling_topic,
+        config.kafka.partitions,
+        produce_count,
+    )
+    .await?;
     let redis = match &config.redis.url {
         Some(url) => Some(ceilings::redis_round_trips(url, 5_000).await?),
         None => None,
@@ -237,7 +242,9 @@ fn sample_payload(config: &Config) -> Vec<u8> {
     });
     let rules = bus::validate::InputRules::new(config);
     match bus::validate::validate_input(&input, &rules, None, chrono::Utc::now()) {
-        Ok(event) => serde_json::to_vec(&bus::validate::normalise(event, &city, chrono::Utc::now())).unwrap_or_default(),
+        Ok(event) => {
+            serde_json::to_vec(&bus::validate::normalise(event, &city, chrono::Utc::now())).unwrap_or_default()
+        }
         Err(_) => input.to_string().into_bytes(),
     }
 }
@@ -334,7 +341,13 @@ impl Units {
 
     /// Posts single events at `rate` for `seconds`, open-loop, and waits for
     /// their tasks to reach the units.
-    async fn run_at_rate(&self, system: &System, city: &City, rate: u32, seconds: u64) -> anyhow::Result<LatencyReport> {
+    async fn run_at_rate(
+        &self,
+        system: &System,
+        city: &City,
+        rate: u32,
+        seconds: u64,
+    ) -> anyhow::Result<LatencyReport> {
         self.latencies.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let total = rate as u64 * seconds;
         let interval = Duration::from_secs_f64(1.0 / rate as f64);
@@ -355,7 +368,13 @@ impl Units {
             let token = system.source_token.clone();
             let accepted = accepted.clone();
             posts.push(tokio::spawn(async move {
-                if let Ok(r) = client.post(url).bearer_auth(token).body(body).header("content-type", "application/json").send().await
+                if let Ok(r) = client
+                    .post(url)
+                    .bearer_auth(token)
+                    .body(body)
+                    .header("content-type", "application/json")
+                    .send()
+                    .await
                     && r.status().as_u16() == 202
                 {
                     accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -367,7 +386,9 @@ impl Units {
         }
         // Give the stragglers a bounded time to arrive.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && (self.latencies.lock().unwrap_or_else(|e| e.into_inner()).len() as u64) < total {
+        while Instant::now() < deadline
+            && (self.latencies.lock().unwrap_or_else(|e| e.into_inner()).len() as u64) < total
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -417,21 +438,28 @@ async fn unit_loop(
 ) -> anyhow::Result<()> {
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
     let send = |v: serde_json::Value| Message::text(v.to_string());
-    ws.send(send(serde_json::json!({"op": "subscribe", "id": "s", "channel": format!("unit:{id}")})))
-        .await?;
+    ws.send(send(
+        serde_json::json!({"op": "subscribe", "id": "s", "channel": format!("unit:{id}")}),
+    ))
+    .await?;
     ws.send(send(serde_json::json!({"op": "status", "id": "on", "status": "available", "lat": lat, "lon": lon, "type": "patrol_car"})))
         .await?;
     let _ = ready.send(()).await;
     while let Some(frame) = ws.next().await {
         let Message::Text(text) = frame? else { continue };
         let received = Instant::now();
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
         if msg["type"] != "push" || msg["kind"] != "task" || msg["data"]["status"] != "issued" {
             continue;
         }
         let data = &msg["data"];
         if let (Some(tlat), Some(tlon)) = (data["location"]["lat"].as_f64(), data["location"]["lon"].as_f64())
-            && let Some(sent) = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&location_key(tlat, tlon))
+            && let Some(sent) = pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&location_key(tlat, tlon))
         {
             latencies
                 .lock()
@@ -440,10 +468,14 @@ async fn unit_loop(
         }
         let task = data["id"].clone();
         ws.send(send(serde_json::json!({"op": "ack", "task": task}))).await?;
-        ws.send(send(serde_json::json!({"op": "status", "status": "cleared", "task": task})))
-            .await?;
-        ws.send(send(serde_json::json!({"op": "status", "status": "available", "lat": lat, "lon": lon})))
-            .await?;
+        ws.send(send(
+            serde_json::json!({"op": "status", "status": "cleared", "task": task}),
+        ))
+        .await?;
+        ws.send(send(
+            serde_json::json!({"op": "status", "status": "available", "lat": lat, "lon": lon}),
+        ))
+        .await?;
     }
     Ok(())
 }
@@ -451,7 +483,13 @@ async fn unit_loop(
 /// Closed-loop ingest throughput: `workers` keep-alive connections posting
 /// `batch` non-police events per request (diverted by the router, so no
 /// dispatch work is mixed in) for `seconds`.
-async fn ingest_throughput(system: &System, city: &City, batch: usize, workers: usize, seconds: u64) -> anyhow::Result<Throughput> {
+async fn ingest_throughput(
+    system: &System,
+    city: &City,
+    batch: usize,
+    workers: usize,
+    seconds: u64,
+) -> anyhow::Result<Throughput> {
     let stop_at = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut handles = Vec::new();
@@ -462,7 +500,10 @@ async fn ingest_throughput(system: &System, city: &City, batch: usize, workers: 
         let bodies: Vec<String> = (0..8)
             .map(|_| {
                 let (lat, lon) = city.point();
-                (0..batch).map(|_| event_json("noise", lat, lon)).collect::<Vec<_>>().join("\n")
+                (0..batch)
+                    .map(|_| event_json("noise", lat, lon))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             })
             .collect();
         handles.push(tokio::spawn(async move {
@@ -480,8 +521,18 @@ async fn ingest_throughput(system: &System, city: &City, batch: usize, workers: 
                     .collect::<Vec<_>>()
                     .join("\n");
                 i += 1;
-                let content_type = if batch > 1 { "application/x-ndjson" } else { "application/json" };
-                if let Ok(r) = client.post(&url).bearer_auth(&token).header("content-type", content_type).body(body).send().await
+                let content_type = if batch > 1 {
+                    "application/x-ndjson"
+                } else {
+                    "application/json"
+                };
+                if let Ok(r) = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", content_type)
+                    .body(body)
+                    .send()
+                    .await
                     && r.status().as_u16() == 202
                 {
                     accepted += batch as u64;
@@ -523,7 +574,8 @@ async fn websocket_fan_out(system: &System, city: &City, n: usize, bare_per_seco
                 socket.bind((source, 0).into())?;
                 let stream = socket.connect(addr).await?;
                 let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
-                ws.send(Message::text(r#"{"op":"subscribe","id":"s","channel":"topic:events"}"#)).await?;
+                ws.send(Message::text(r#"{"op":"subscribe","id":"s","channel":"topic:events"}"#))
+                    .await?;
                 anyhow::Ok(ws)
             }
             .await;
@@ -558,7 +610,10 @@ async fn websocket_fan_out(system: &System, city: &City, n: usize, bare_per_seco
     let k = 20usize;
     received.store(0, std::sync::atomic::Ordering::Relaxed);
     let (lat, lon) = city.point();
-    let body = (0..k).map(|_| event_json("noise", lat, lon)).collect::<Vec<_>>().join("\n");
+    let body = (0..k)
+        .map(|_| event_json("noise", lat, lon))
+        .collect::<Vec<_>>()
+        .join("\n");
     let started = Instant::now();
     system
         .http
@@ -625,38 +680,93 @@ pub fn print_table(r: &Report) {
     let ms = |v: f64| format!("{v:.1} ms");
     let rate = |v: f64| format!("{v:.0}/s");
     let share = |v: f64| format!("{:.0} %", v * 100.0);
-    println!("qzx bench — {} cores, {}, {} GiB; broker {}, store {}", r.machine.cores, r.machine.cpu, r.machine.memory_gib, r.broker, r.store);
+    println!(
+        "qzx bench — {} cores, {}, {} GiB; broker {}, store {}",
+        r.machine.cores, r.machine.cpu, r.machine.memory_gib, r.broker, r.store
+    );
     println!();
     println!("{:<52} {:>14} {:>14}", "figure", "value", "of ceiling");
     let row = |name: &str, value: String, ceiling: String| println!("{name:<52} {value:>14} {ceiling:>14}");
-    row("ceiling: raw produce (bare rdkafka, acks=all)", rate(r.ceilings.raw_produce.per_second), String::new());
-    row("ceiling: raw consume (bare rdkafka)", rate(r.ceilings.raw_consume.per_second), String::new());
+    row(
+        "ceiling: raw produce (bare rdkafka, acks=all)",
+        rate(r.ceilings.raw_produce.per_second),
+        String::new(),
+    );
+    row(
+        "ceiling: raw consume (bare rdkafka)",
+        rate(r.ceilings.raw_consume.per_second),
+        String::new(),
+    );
     if let Some(redis) = &r.ceilings.redis {
-        row("ceiling: redis round trips (PING)", rate(redis.per_second), format!("{:.0} µs", redis.mean_us));
+        row(
+            "ceiling: redis round trips (PING)",
+            rate(redis.per_second),
+            format!("{:.0} µs", redis.mean_us),
+        );
     }
-    row("ceiling: bare websocket broadcast", rate(r.ceilings.ws_broadcast.per_second), String::new());
+    row(
+        "ceiling: bare websocket broadcast",
+        rate(r.ceilings.ws_broadcast.per_second),
+        String::new(),
+    );
     let l = &r.latency;
-    row(&format!("ingest→terminal p50 at {}/s", l.rate), ms(l.p50_ms), String::new());
-    row(&format!("ingest→terminal p99 at {}/s", l.rate), ms(l.p99_ms), String::new());
-    row(&format!("ingest→terminal p99.9 at {}/s", l.rate), ms(l.p999_ms), String::new());
-    row("tasks received / events sent", format!("{}/{}", l.tasks_received, l.sent), String::new());
+    row(
+        &format!("ingest→terminal p50 at {}/s", l.rate),
+        ms(l.p50_ms),
+        String::new(),
+    );
+    row(
+        &format!("ingest→terminal p99 at {}/s", l.rate),
+        ms(l.p99_ms),
+        String::new(),
+    );
+    row(
+        &format!("ingest→terminal p99.9 at {}/s", l.rate),
+        ms(l.p999_ms),
+        String::new(),
+    );
+    row(
+        "tasks received / events sent",
+        format!("{}/{}", l.tasks_received, l.sent),
+        String::new(),
+    );
     row(
         "highest sustained rate with p99 ≤ 100 ms",
         rate(r.max_sustained_rate.events_per_second as f64),
         share(r.max_sustained_rate.share_of_raw_produce),
     );
-    row("ingest, one event per request", rate(r.ingest.single_event_requests.per_second), share(r.ingest.single_share_of_raw_produce));
-    row("ingest, NDJSON batches of 500", rate(r.ingest.ndjson_batches_of_500.per_second), share(r.ingest.batch_share_of_raw_produce));
+    row(
+        "ingest, one event per request",
+        rate(r.ingest.single_event_requests.per_second),
+        share(r.ingest.single_share_of_raw_produce),
+    );
+    row(
+        "ingest, NDJSON batches of 500",
+        rate(r.ingest.ndjson_batches_of_500.per_second),
+        share(r.ingest.batch_share_of_raw_produce),
+    );
     row(
         &format!("websocket: idle connections held ({} asked)", r.websocket.connections),
         r.websocket.connected.to_string(),
         String::new(),
     );
-    row("websocket: api RSS per connection", format!("{:.1} KiB", r.websocket.rss_per_connection_kib), String::new());
-    row("websocket: pushes to all clients", rate(r.websocket.pushes.per_second), share(r.websocket.share_of_bare_broadcast));
+    row(
+        "websocket: api RSS per connection",
+        format!("{:.1} KiB", r.websocket.rss_per_connection_kib),
+        String::new(),
+    );
+    row(
+        "websocket: pushes to all clients",
+        rate(r.websocket.pushes.per_second),
+        share(r.websocket.share_of_bare_broadcast),
+    );
     let mut cpu: Vec<_> = r.cpu_seconds_per_1000_events.iter().collect();
     cpu.sort_by(|a, b| a.0.cmp(b.0));
     for (service, secs) in cpu {
-        row(&format!("cpu seconds per 1,000 events: {service}"), format!("{secs:.3} s"), String::new());
+        row(
+            &format!("cpu seconds per 1,000 events: {service}"),
+            format!("{secs:.3} s"),
+            String::new(),
+        );
     }
 }

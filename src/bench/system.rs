@@ -105,7 +105,13 @@ impl System {
         let api_addr = addr_of(&["api", "all"])?;
         let ingest_addr = addr_of(&["ingest", "all"])?;
         let keys = TokenKeys::new(&secret);
-        let source_token = keys.mint("bench-source", Role::Source, &["*".into()], None, Duration::from_secs(3600))?;
+        let source_token = keys.mint(
+            "bench-source",
+            Role::Source,
+            &["*".into()],
+            None,
+            Duration::from_secs(3600),
+        )?;
         Ok(System {
             services,
             embedded,
@@ -141,7 +147,9 @@ impl System {
 
     pub fn token(&self, role: Role, unit: Option<&str>) -> anyhow::Result<String> {
         let sub = unit.unwrap_or("bench");
-        Ok(self.keys.mint(sub, role, &["*".into()], unit, Duration::from_secs(3600))?)
+        Ok(self
+            .keys
+            .mint(sub, role, &["*".into()], unit, Duration::from_secs(3600))?)
     }
 
     pub fn ws_base(&self) -> String {
@@ -173,11 +181,17 @@ impl System {
     pub async fn stop(mut self) {
         for s in &mut self.services {
             if let Some(pid) = s.child.id() {
-                let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+                let _ = std::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status();
             }
         }
         for s in &mut self.services {
-            if tokio::time::timeout(Duration::from_secs(10), s.child.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), s.child.wait())
+                .await
+                .is_err()
+            {
                 let _ = s.child.kill().await;
             }
         }

@@ -15,6 +15,9 @@ use crate::config::KafkaConfig;
 use crate::metrics;
 use crate::topics::{Topic, Topics};
 
+/// Kafka's default (murmur2) key hashing, as the Java client does it.
+pub const PARTITIONER: &str = "murmur2_random";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
     /// The broker did not take the record in time: retry later (503).
@@ -101,6 +104,10 @@ impl Producer {
             .client_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
+            // The Java client's hash of the key: a source system writing to
+            // the events topic with any Kafka client lands its jurisdiction
+            // on the same partition as we do, so one router owns it.
+            .set("partitioner", PARTITIONER)
             .set("linger.ms", config.linger_ms.to_string())
             // A record not acknowledged within this is reported failed, so
             // a caller waiting on it learns in bounded time.
