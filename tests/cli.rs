@@ -23,7 +23,10 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn check_config_prints_the_effective_configuration() {
-    let out = qzx(&["check-config"], &[("QZX_KAFKA__PARTITIONS", "9"), ("QZX_JWT_SECRET", "hidden")]);
+    let out = qzx(
+        &["check-config"],
+        &[("QZX_KAFKA__PARTITIONS", "9"), ("QZX_JWT_SECRET", "hidden")],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8(out.stdout).unwrap();
     let parsed: toml::Value = toml::from_str(&text).expect("the printed configuration is TOML");
@@ -50,7 +53,17 @@ fn check_config_names_an_unknown_key() {
 #[test]
 fn token_mints_a_verifiable_jwt() {
     let out = qzx(
-        &["token", "--role", "unit", "--unit", "quancheng-01", "--jurisdiction", "quancheng", "--ttl", "1h"],
+        &[
+            "token",
+            "--role",
+            "unit",
+            "--unit",
+            "quancheng-01",
+            "--jurisdiction",
+            "quancheng",
+            "--ttl",
+            "1h",
+        ],
         &[("QZX_JWT_SECRET", "cli-secret")],
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -78,9 +91,16 @@ fn single_services_refuse_to_start_without_kafka_or_redis() {
     for service in ["ingest", "router", "api"] {
         let out = qzx(&[service], &[("QZX_JWT_SECRET", "s")]);
         assert!(!out.status.success(), "{service}");
-        assert!(stderr(&out).contains("QZX_KAFKA_BROKERS"), "{service}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("QZX_KAFKA_BROKERS"),
+            "{service}: {}",
+            stderr(&out)
+        );
 
-        let out = qzx(&[service], &[("QZX_JWT_SECRET", "s"), ("QZX_KAFKA_BROKERS", "127.0.0.1:1")]);
+        let out = qzx(
+            &[service],
+            &[("QZX_JWT_SECRET", "s"), ("QZX_KAFKA_BROKERS", "127.0.0.1:1")],
+        );
         assert!(!out.status.success(), "{service}");
         assert!(stderr(&out).contains("QZX_REDIS_URL"), "{service}: {}", stderr(&out));
     }

@@ -22,7 +22,11 @@ impl Drop for Demo {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// What the demo prints for the user.
@@ -53,7 +57,8 @@ fn read_banner(child: &mut Child) -> Banner {
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(60)).expect("the demo prints its banner")
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the demo prints its banner")
 }
 
 fn stage(stats: &serde_json::Value, name: &str, outcome: &str) -> u64 {
@@ -99,7 +104,10 @@ fn the_demo_runs_a_city_whose_incidents_are_dispatched_and_closed() {
         }
         let closed = stats["by_status"]["closed"].as_u64().unwrap_or(0);
         let acknowledged = stage(&stats, "respond", "met") + stage(&stats, "respond", "breached");
-        let met: u64 = ["respond", "arrive", "reinforce"].iter().map(|s| stage(&stats, s, "met")).sum();
+        let met: u64 = ["respond", "arrive", "reinforce"]
+            .iter()
+            .map(|s| stage(&stats, s, "met"))
+            .sum();
         let breached: u64 = ["respond", "arrive", "reinforce"]
             .iter()
             .map(|s| stage(&stats, s, "breached"))
@@ -107,7 +115,10 @@ fn the_demo_runs_a_city_whose_incidents_are_dispatched_and_closed() {
         if closed > 0 && acknowledged > 0 && met > 0 && breached > 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the city did not get there in time: {stats:#}");
+        assert!(
+            Instant::now() < deadline,
+            "the city did not get there in time: {stats:#}"
+        );
         std::thread::sleep(Duration::from_secs(2));
     }
     assert!(stats["incidents"].as_u64().unwrap_or(0) >= 3, "{stats:#}");
@@ -135,9 +146,16 @@ fn the_demo_runs_a_city_whose_incidents_are_dispatched_and_closed() {
         assert!(Instant::now() < until, "no incident record on {topic}");
     };
     let incident: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
-    assert!(incident["id"].is_string() && incident["priority"].is_u64(), "{incident}");
+    assert!(
+        incident["id"].is_string() && incident["priority"].is_u64(),
+        "{incident}"
+    );
     let headers = message.headers().unwrap();
-    assert!(headers.iter().any(|h| h.key == "ce_type" && h.value == Some(&b"qzx.incident.v1"[..])));
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.key == "ce_type" && h.value == Some(&b"qzx.incident.v1"[..]))
+    );
 }
 
 /// A tiny blocking HTTP client over the async one, for a sync test.
@@ -149,7 +167,10 @@ mod reqwest {
 
     pub fn blocking_client() -> Client {
         Client {
-            runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
             inner: ::reqwest::Client::new(),
         }
     }
