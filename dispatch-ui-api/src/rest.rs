@@ -1,0 +1,320 @@
+//! REST reads and the REST form of the commands. Every handler takes the
+//! caller's [`Principal`] and shows only what the role and jurisdictions
+//! allow. Reads come from the Store (the router's hot state) and the local
+//! view; nothing here writes state.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bus::model::{Incident, Role, Unit};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::{Principal, may_read};
+use crate::error::{ApiError, ErrorBody};
+use crate::stats;
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+fn require_read(p: &Principal) -> Result<(), ApiError> {
+    if may_read(&p.0) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            format!("role {:?} may not read this", p.0.role).to_lowercase(),
+        ))
+    }
+}
+
+/// An incident from the Store, else the local view (closed ones).
+pub async fn find_incident(state: &AppState, id: &str) -> Result<Incident, ApiError> {
+    let stored = state.store.incident(id).await?;
+    let local = state.view.incident(id);
+    match (stored, local) {
+        (Some(a), Some(b)) => Ok(if b.version > a.version { b } else { a }),
+        (Some(a), None) => Ok(a),
+        (None, Some(b)) => Ok(b),
+        (None, None) => Err(ApiError::NotFound(format!("incident {id} not found"))),
+    }
+}
+
+/// Open incidents from the Store merged with the view's, newest version wins.
+pub async fn all_incidents(state: &AppState, include_closed: bool) -> Result<Vec<Incident>, ApiError> {
+    let mut by_id: HashMap<String, Incident> = HashMap::new();
+    for incident in state
+        .store
+        .open_incidents()
+        .await?
+        .into_iter()
+        .chain(state.view.incidents())
+    {
+        if !include_closed && !incident.status.is_open() {
+            continue;
+        }
+        match by_id.get(&incident.id) {
+            Some(held) if held.version >= incident.version => {}
+            _ => {
+                by_id.insert(incident.id.clone(), incident);
+            }
+        }
+    }
+    // A newer closed version in the view hides a stale open one.
+    Ok(by_id
+        .into_values()
+        .filter(|i| include_closed || i.status.is_open())
+        .collect())
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct IncidentQuery {
+    /// open (default), closed or all
+    status: Option<String>,
+    jurisdiction: Option<String>,
+    /// 1 to 1000, default 100
+    limit: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/incidents", params(IncidentQuery),
+    responses((status = 200, description = "incidents visible to the caller, newest first"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_incidents(
+    State(state): State<AppState>,
+    p: Principal,
+    Query(q): Query<IncidentQuery>,
+) -> Result<Json<Value>, ApiError> {
+    require_read(&p)?;
+    let status = q.status.as_deref().unwrap_or("open");
+    let (open, closed) = match status {
+        "open" => (true, false),
+        "closed" => (false, true),
+        "all" => (true, true),
+        _ => return Err(ApiError::bad_field("status", "must be open, closed or all")),
+    };
+    let limit = match &q.limit {
+        None => DEFAULT_LIMIT,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => return Err(ApiError::bad_field("limit", "must be 1 to 1000")),
+        },
+    };
+    if let Some(j) = &q.jurisdiction {
+        if state.config.jurisdiction(j).is_none() {
+            return Err(ApiError::bad_field("jurisdiction", format!("unknown jurisdiction {j}")));
+        }
+        if !p.0.covers(j) {
+            return Err(ApiError::Forbidden(format!("jurisdiction {j} is not yours")));
+        }
+    }
+    let mut incidents: Vec<Incident> = all_incidents(&state, closed)
+        .await?
+        .into_iter()
+        .filter(|i| if i.status.is_open() { open } else { closed })
+        .filter(|i| p.0.covers(&i.jurisdiction))
+        .filter(|i| q.jurisdiction.as_ref().is_none_or(|j| *j == i.jurisdiction))
+        .collect();
+    incidents.sort_by_key(|i| std::cmp::Reverse(i.created_at));
+    incidents.truncate(limit);
+    Ok(Json(json!({ "incidents": incidents })))
+}
+
+#[utoipa::path(get, path = "/api/v1/incidents/{id}",
+    responses((status = 200, description = "one incident with its timeline"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_incident(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Incident>, ApiError> {
+    require_read(&p)?;
+    let incident = find_incident(&state, &id).await?;
+    if !p.0.covers(&incident.jurisdiction) {
+        return Err(ApiError::Forbidden(format!(
+            "incident {id} is not in your jurisdictions"
+        )));
+    }
+    Ok(Json(incident))
+}
+
+#[utoipa::path(get, path = "/api/v1/units",
+    responses((status = 200, description = "units visible to the caller; a unit sees itself"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_units(State(state): State<AppState>, p: Principal) -> Result<Json<Value>, ApiError> {
+    let claims = &p.0;
+    let units: Vec<Unit> = match claims.role {
+        Role::Unit => state
+            .store
+            .units()
+            .await?
+            .into_iter()
+            .filter(|u| claims.unit.as_deref() == Some(u.id.as_str()))
+            .collect(),
+        _ => {
+            require_read(&p)?;
+            state
+                .store
+                .units()
+                .await?
+                .into_iter()
+                .filter(|u| claims.covers(&u.jurisdiction))
+                .collect()
+        }
+    };
+    Ok(Json(json!({ "units": units })))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct StatsQuery {
+    /// e.g. 30m, 1h (default), 7d
+    window: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/stats", params(StatsQuery),
+    responses((status = 200, description = "1-3-5 KPIs over the window"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn get_stats(
+    State(state): State<AppState>,
+    p: Principal,
+    Query(q): Query<StatsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    require_read(&p)?;
+    let text = q.window.as_deref().unwrap_or("1h");
+    let window = bus::auth::parse_ttl(text)
+        .filter(|w| !w.is_zero() && w.as_secs() <= 31 * 86400)
+        .ok_or_else(|| ApiError::bad_field("window", "must be like 30m, 1h or 7d, at most 31d"))?;
+    let stats = stats::compute(&state, &p.0, window).await?;
+    Ok(Json(stats))
+}
+
+#[utoipa::path(get, path = "/api/v1/coverage",
+    responses((status = 200, description = "per grid cell: reachable within 60/180/300 s by an available unit"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn get_coverage(State(state): State<AppState>, p: Principal) -> Result<Json<Value>, ApiError> {
+    require_read(&p)?;
+    let units = state.store.units().await?;
+    let claims = p.0.clone();
+    let cells = state.cells.clone();
+    let road_factor = state.config.router.road_factor;
+    let speeds = state.config.router.clone();
+    let coverage = tokio::task::spawn_blocking(move || stats::coverage(&cells, &units, road_factor, &speeds, &claims))
+        .await
+        .map_err(|e| ApiError::Internal(format!("coverage task failed: {e}")))?;
+    Ok(Json(coverage))
+}
+
+#[utoipa::path(get, path = "/api/v1/info",
+    responses((status = 200, description = "version, brokers, store kind, topics"), (status = 401, body = ErrorBody)))]
+pub async fn get_info(State(state): State<AppState>, _p: Principal) -> Json<Value> {
+    let topics: serde_json::Map<String, Value> = bus::topics::Topic::ALL
+        .into_iter()
+        .map(|t| (t.suffix().to_owned(), Value::String(state.topics.name(t))))
+        .collect();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "kafka": {"brokers": state.brokers.bootstrap(), "embedded": state.brokers.is_embedded()},
+        "store": state.store.kind(),
+        "topics": topics,
+        "instance": state.instance,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/jurisdictions",
+    responses((status = 200, description = "id, name, name_en, centre and area of each jurisdiction"), (status = 401, body = ErrorBody)))]
+pub async fn get_jurisdictions(State(state): State<AppState>, _p: Principal) -> Json<Value> {
+    let list: Vec<Value> = state
+        .config
+        .city
+        .jurisdictions
+        .iter()
+        .map(|j| {
+            json!({
+                "id": j.id, "name": j.name, "name_en": j.name_en,
+                "centre": {"lat": j.centre[0], "lon": j.centre[1]},
+                "area_type": j.area_type,
+                "area": j.area.iter().map(|[lat, lon]| json!({"lat": lat, "lon": lon})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({ "jurisdictions": list }))
+}
+
+/// Parses a command body: empty means `{}`; it must be a JSON object.
+fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::BadRequest("the body must be a JSON object".into())),
+        Err(e) => Err(ApiError::BadRequest(format!("the body is not JSON: {e}"))),
+    }
+}
+
+async fn command(
+    state: &AppState,
+    p: &Principal,
+    op: &str,
+    id_field: Option<(&str, String)>,
+    body: &Bytes,
+    unit: Option<&str>,
+) -> Result<Response, ApiError> {
+    let mut map = body_object(body)?;
+    map.insert("op".into(), Value::String(op.into()));
+    if let Some((field, id)) = id_field {
+        map.insert(field.into(), Value::String(id));
+    }
+    let command = crate::commands::parse(Value::Object(map))?;
+    let id = crate::commands::execute(state, &p.0, command, unit).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true, "action": id }))).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/incidents/{id}/{op}",
+    params(("id" = String, Path, description = "incident id"), ("op" = String, Path, description = "assign, divert, escalate or close")),
+    responses((status = 202, description = "published to the actions topic"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn incident_command(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((id, op)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if !["assign", "divert", "escalate", "close"].contains(&op.as_str()) {
+        return Err(ApiError::NotFound(format!("no command {op} on incidents")));
+    }
+    command(&state, &p, &op, Some(("incident", id)), &body, None).await
+}
+
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/ack",
+    responses((status = 202, description = "published to the actions topic"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn task_ack(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // An admin acks for the task's own unit.
+    let ack = bus::model::Command::Ack { task: id.clone() };
+    let unit = crate::commands::acting_unit(&state, &p.0, &ack);
+    command(&state, &p, "ack", Some(("task", id)), &body, unit.as_deref()).await
+}
+
+#[utoipa::path(post, path = "/api/v1/units/{id}/status",
+    responses((status = 202, description = "published to the actions topic"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn unit_status(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    command(&state, &p, "status", None, &body, Some(&id)).await
+}

@@ -1,0 +1,191 @@
+//! The api's local view of what the router publishes: every task's latest
+//! version (the open tasks of each unit are a terminal's snapshot), recent
+//! incidents (closed ones are no longer in the Store's open set) and when
+//! each incident reached the 1-3-5 stages (for response-time percentiles).
+//!
+//! It is rebuilt from the topics at start and only ever read by requests;
+//! it never writes the Store (only the router does). Closed items are kept
+//! up to a bound so memory stays flat. Locks are never held across `.await`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use bus::model::{Incident, Task, TaskStatus, Timestamp};
+
+/// How many closed tasks and closed incidents are remembered.
+pub const CLOSED_KEPT: usize = 20_000;
+
+/// When an incident reached each stage, as seen from its tasks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StageTimes {
+    /// First task signed for.
+    pub acknowledged: Option<Timestamp>,
+    /// Each unit's first report on scene, in order.
+    pub on_scene: Vec<(String, Timestamp)>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    tasks: HashMap<String, Task>,
+    closed_tasks: VecDeque<String>,
+    incidents: HashMap<String, Incident>,
+    closed_incidents: VecDeque<String>,
+    stages: HashMap<String, StageTimes>,
+}
+
+#[derive(Debug, Default)]
+pub struct View {
+    inner: Mutex<Inner>,
+}
+
+impl View {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a task version; an older version than the one held is ignored.
+    pub fn apply_task(&self, task: Task) {
+        let mut inner = self.lock();
+        if inner.tasks.get(&task.id).is_some_and(|t| t.version >= task.version) {
+            return;
+        }
+        let stages = inner.stages.entry(task.incident.clone()).or_default();
+        if task.status != TaskStatus::Cancelled && task.status != TaskStatus::Issued && stages.acknowledged.is_none() {
+            stages.acknowledged = Some(task.updated_at);
+        }
+        if matches!(task.status, TaskStatus::OnScene) && !stages.on_scene.iter().any(|(u, _)| *u == task.unit) {
+            stages.on_scene.push((task.unit.clone(), task.updated_at));
+        }
+        if !task.status.is_open() {
+            inner.closed_tasks.push_back(task.id.clone());
+            while inner.closed_tasks.len() > CLOSED_KEPT {
+                if let Some(old) = inner.closed_tasks.pop_front()
+                    && inner.tasks.get(&old).is_some_and(|t| !t.status.is_open())
+                {
+                    inner.tasks.remove(&old);
+                }
+            }
+        }
+        inner.tasks.insert(task.id.clone(), task);
+    }
+
+    pub fn apply_incident(&self, incident: Incident) {
+        let mut inner = self.lock();
+        if inner
+            .incidents
+            .get(&incident.id)
+            .is_some_and(|i| i.version >= incident.version)
+        {
+            return;
+        }
+        if !incident.status.is_open() {
+            inner.closed_incidents.push_back(incident.id.clone());
+            while inner.closed_incidents.len() > CLOSED_KEPT {
+                if let Some(old) = inner.closed_incidents.pop_front()
+                    && inner.incidents.get(&old).is_some_and(|i| !i.status.is_open())
+                {
+                    inner.incidents.remove(&old);
+                    inner.stages.remove(&old);
+                }
+            }
+        }
+        inner.incidents.insert(incident.id.clone(), incident);
+    }
+
+    pub fn task(&self, id: &str) -> Option<Task> {
+        self.lock().tasks.get(id).cloned()
+    }
+
+    /// The unit's open tasks, oldest first.
+    pub fn open_tasks_of(&self, unit: &str) -> Vec<Task> {
+        let inner = self.lock();
+        let mut tasks: Vec<Task> = inner
+            .tasks
+            .values()
+            .filter(|t| t.unit == unit && t.status.is_open())
+            .cloned()
+            .collect();
+        tasks.sort_by_key(|t| t.issued_at);
+        tasks
+    }
+
+    pub fn incident(&self, id: &str) -> Option<Incident> {
+        self.lock().incidents.get(id).cloned()
+    }
+
+    pub fn incidents(&self) -> Vec<Incident> {
+        self.lock().incidents.values().cloned().collect()
+    }
+
+    pub fn stage_times(&self, incident: &str) -> Option<StageTimes> {
+        self.lock().stages.get(incident).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bus::model::TaskKind;
+    use chrono::Utc;
+
+    fn task(id: &str, unit: &str, version: u64, status: TaskStatus) -> Task {
+        let now = Utc::now();
+        Task {
+            id: id.into(),
+            incident: "i1".into(),
+            unit: unit.into(),
+            version,
+            kind: TaskKind::Respond,
+            priority: 1,
+            location: None,
+            summary: String::new(),
+            issued_at: now,
+            deadlines: None,
+            status,
+            jurisdiction: "quancheng".into(),
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn an_older_task_version_never_replaces_a_newer_one() {
+        let view = View::default();
+        view.apply_task(task("t1", "u1", 2, TaskStatus::Acknowledged));
+        view.apply_task(task("t1", "u1", 1, TaskStatus::Issued));
+        assert_eq!(view.task("t1").unwrap().status, TaskStatus::Acknowledged);
+        assert_eq!(view.open_tasks_of("u1").len(), 1);
+        view.apply_task(task("t1", "u1", 3, TaskStatus::Cleared));
+        assert!(view.open_tasks_of("u1").is_empty());
+        // A finished task is still known, so a late ack is a conflict.
+        assert_eq!(view.task("t1").unwrap().status, TaskStatus::Cleared);
+    }
+
+    #[test]
+    fn stage_times_record_the_first_ack_and_each_unit_on_scene() {
+        let view = View::default();
+        let mut ack = task("t1", "u1", 2, TaskStatus::Acknowledged);
+        let first_ack = ack.updated_at;
+        view.apply_task(ack.clone());
+        ack.version = 3;
+        ack.status = TaskStatus::OnScene;
+        ack.updated_at = first_ack + chrono::Duration::seconds(90);
+        view.apply_task(ack);
+        view.apply_task(task("t2", "u2", 1, TaskStatus::OnScene));
+        let stages = view.stage_times("i1").unwrap();
+        assert_eq!(stages.acknowledged, Some(first_ack));
+        assert_eq!(stages.on_scene.len(), 2);
+        assert_eq!(stages.on_scene[0].0, "u1");
+    }
+
+    #[test]
+    fn closed_tasks_are_forgotten_beyond_the_bound() {
+        let view = View::default();
+        for n in 0..CLOSED_KEPT + 10 {
+            view.apply_task(task(&format!("t{n}"), "u1", 1, TaskStatus::Cancelled));
+        }
+        view.apply_task(task("open", "u1", 1, TaskStatus::Issued));
+        assert!(view.task("t0").is_none());
+        assert!(view.task(&format!("t{}", CLOSED_KEPT + 9)).is_some());
+        assert_eq!(view.lock().tasks.len(), CLOSED_KEPT + 1);
+    }
+}
