@@ -14,6 +14,7 @@ mod error;
 mod fanout;
 mod hub;
 mod openapi;
+mod pages;
 mod rest;
 mod stats;
 mod view;
@@ -159,6 +160,9 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/info", get(rest::get_info))
         .route("/api/v1/jurisdictions", get(rest::get_jurisdictions))
         .route("/api/v1/openapi.json", get(openapi::document))
+        .route("/", get(pages::board))
+        .route("/terminal", get(pages::terminal))
+        .route("/web/{name}", get(pages::asset))
         .layer(axum::middleware::from_fn(count_requests))
         .with_state(state)
 }
