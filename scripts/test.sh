@@ -108,6 +108,20 @@ start_stack
 # auto-create topics), so the broker starts empty.
 if [ $# -gt 0 ]; then
   cargo test --locked "$@"
-else
-  cargo test --workspace --locked
+  exit
 fi
+cargo test --workspace --locked
+
+# The board and terminal in real headless Chromium, against a real
+# `qzx all` (the binary cargo just built for the tests) on the same broker
+# and Redis, then the page behaviour against a mock. playwright-core drives
+# Debian's chromium; it downloads no browser.
+if [ ! -x /usr/bin/chromium ]; then
+  log "installing chromium and CJK fonts"
+  apt_install chromium fonts-noto-cjk
+fi
+(
+  cd "$repo/tests/browser"
+  npm ci --no-audit --no-fund --loglevel=error
+  QZX_BIN="$repo/target/debug/qzx" npm test
+)
