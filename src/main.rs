@@ -77,6 +77,11 @@ struct DemoArgs {
     /// follows the hour); the evening peak by default, so the demo is busy.
     #[arg(long, default_value_t = DEMO_START_HOUR)]
     start_hour: f64,
+    /// Stop after this many simulated seconds and print the simulator's
+    /// report (1-3-5 outcomes next to a nearest-unit baseline on the same
+    /// seed); default: run until interrupted.
+    #[arg(long)]
+    duration: Option<u64>,
 }
 
 /// Ten times real time: a 1-minute target shows as 6 s on the board, and a
@@ -190,6 +195,7 @@ struct DemoOverrides {
     speed: f64,
     seed: Option<u64>,
     start_hour: f64,
+    duration: Option<u64>,
 }
 
 const ALL: Services = Services {
@@ -254,6 +260,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 speed: args.speed,
                 seed: args.seed,
                 start_hour: args.start_hour,
+                duration: args.duration,
             }),
             ..ALL
         },
@@ -326,7 +333,7 @@ async fn run_services(mut config: Config, services: Services) -> anyhow::Result<
             city.sim.seed = seed;
         }
         config = sim::scaled_config(&config, demo.speed);
-        (std::sync::Arc::new(city), demo.start_hour)
+        (std::sync::Arc::new(city), demo)
     });
     if config.auth.jwt_secret.is_none() && (services.ingest || services.api) {
         bail!("QZX_JWT_SECRET is not set: only `demo` generates one");
@@ -374,9 +381,9 @@ async fn run_services(mut config: Config, services: Services) -> anyhow::Result<
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "listening");
     sup.spawn("http", serve::serve(listener, app, sup.token()));
-    if let Some((city, start_hour)) = simulation {
+    if let Some((city, demo)) = simulation {
         print_demo_banner(&ctx, local);
-        start_simulator(city, start_hour, local, &mut sup)?;
+        start_simulator(city, demo, local, &mut sup)?;
     }
     let drain = ctx.config.kafka.drain_timeout() + Duration::from_secs(2);
     sup.wait(drain).await
@@ -386,7 +393,7 @@ async fn run_services(mut config: Config, services: Services) -> anyhow::Result<
 /// interfaces, as any client would drive it.
 fn start_simulator(
     config: std::sync::Arc<Config>,
-    start_hour: f64,
+    demo: DemoOverrides,
     address: std::net::SocketAddr,
     sup: &mut Supervisor,
 ) -> anyhow::Result<()> {
@@ -396,7 +403,8 @@ fn start_simulator(
         .as_deref()
         .context("the demo has a token secret")?;
     let mut options = sim::SimOptions::with_keys(&config, &format!("http://{address}"), &TokenKeys::new(secret))?;
-    options.start_hour = Some(start_hour);
+    options.start_hour = Some(demo.start_hour);
+    options.duration = demo.duration.map(Duration::from_secs);
     let token = sup.token();
     sup.spawn("simulator", async move {
         let report = sim::run(config, options, token).await?;
@@ -405,6 +413,12 @@ fn start_simulator(
             tasks = report.tasks_received,
             "simulator stopped"
         );
+        if demo.duration.is_some() {
+            // A run with a duration is a measurement: its report is the
+            // output, and the demo ends with it.
+            print!("{report}");
+            println!("{}", serde_json::to_string(&report)?);
+        }
         Ok(())
     });
     Ok(())

@@ -177,6 +177,36 @@ impl System {
             .unwrap_or(0.0)
     }
 
+    /// Mean processing time per record of the router, by topic, read from
+    /// the `_sum` and `_count` of its histogram on `/metrics`.
+    pub async fn router_ms_per_record(&self) -> HashMap<String, f64> {
+        let Some(router) = self.services.iter().find(|s| s.name == "router" || s.name == "all") else {
+            return HashMap::new();
+        };
+        let Ok(text) = self.http.get(format!("http://{}/metrics", router.http)).send().await else {
+            return HashMap::new();
+        };
+        let text = text.text().await.unwrap_or_default();
+        let series = |suffix: &str| -> HashMap<String, f64> {
+            let prefix = format!("{}_{suffix}{{", bus::metrics::ROUTER_PROCESS_SECONDS);
+            text.lines()
+                .filter_map(|l| l.strip_prefix(&prefix))
+                .filter_map(|rest| {
+                    let (labels, value) = rest.split_once("} ")?;
+                    let topic = labels.split('"').nth(1)?.to_owned();
+                    Some((topic, value.trim().parse().ok()?))
+                })
+                .collect()
+        };
+        let (sums, counts) = (series("sum"), series("count"));
+        sums.into_iter()
+            .filter_map(|(topic, sum)| {
+                let count = *counts.get(&topic)?;
+                (count > 0.0).then(|| (topic, sum * 1000.0 / count))
+            })
+            .collect()
+    }
+
     /// Stops the children gracefully (SIGTERM through `kill`), then hard.
     pub async fn stop(mut self) {
         for s in &mut self.services {
