@@ -107,6 +107,8 @@ impl std::fmt::Debug for Consumer {
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest a broker may hold an empty fetch.
+const FETCH_WAIT_MS: u64 = 10;
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Consumer {
@@ -133,6 +135,11 @@ impl Consumer {
             .set("auto.commit.interval.ms", "1000")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "range")
+            // A fetch returns as soon as a record is there on Apache Kafka,
+            // but a broker may hold it for this long when the partition is
+            // empty (the mock cluster does): 500 ms by default, per hop. A
+            // task must not wait for that.
+            .set("fetch.wait.max.ms", FETCH_WAIT_MS.to_string())
             .set("session.timeout.ms", config.session_timeout_ms.to_string())
             .set(
                 "heartbeat.interval.ms",
