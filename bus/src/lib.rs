@@ -14,6 +14,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod model;
 pub mod service;
+pub mod stats;
 pub mod store;
 pub mod testing;
 pub mod topics;

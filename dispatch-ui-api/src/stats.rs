@@ -4,6 +4,7 @@
 //! router's `hotspot:<cell>` windows, and per-cell reachability by the
 //! available units. Read-only; never changes state.
 
+use bus::stats::percentile;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
@@ -43,15 +44,6 @@ pub fn city_cells(city: &bus::geo::CityMap) -> Vec<Cell> {
             })
         })
         .collect()
-}
-
-/// Nearest-rank percentile of sorted values.
-pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 pub async fn compute(state: &AppState, claims: &Claims, window: Duration) -> Result<Value, ApiError> {
@@ -192,18 +184,4 @@ pub fn coverage(cells: &[Cell], units: &[Unit], road_factor: f64, router: &Route
         "available_units": available.len(),
         "share_60s": share(covered[0]), "share_180s": share(covered[1]), "share_300s": share(covered[2]),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_use_nearest_rank() {
-        let v = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0];
-        assert_eq!(percentile(&v, 50.0), Some(5.0));
-        assert_eq!(percentile(&v, 90.0), Some(9.0));
-        assert_eq!(percentile(&[], 50.0), None);
-        assert_eq!(percentile(&[3.0], 90.0), Some(3.0));
-    }
 }

@@ -14,6 +14,8 @@
 //! are simulated seconds against the unscaled targets. Pure computation; no
 //! IO, no clock.
 
+// Percentiles as the api computes its KPIs: the two are compared.
+use bus::stats::percentile;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -278,15 +280,6 @@ fn serve_waiting(
         waiting.pop_front();
         dispatch(&mut units[u], &mut incidents[index], free_at, grid, rng);
     }
-}
-
-/// Nearest-rank percentile of sorted values (as the api computes it).
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 #[cfg(test)]

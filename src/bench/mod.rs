@@ -453,11 +453,7 @@ impl Units {
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
+    bus::stats::percentile(sorted, q * 100.0).unwrap_or(0.0)
 }
 
 fn event_json(kind: &str, lat: f64, lon: f64) -> String {
