@@ -241,8 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 units: args.units,
                 seed: args.seed,
             };
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            let report = runtime.block_on(bench::run(config, options, true))?;
+            let report = runtime()?.block_on(bench::run(config, options, true))?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -251,8 +250,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Sim(args) => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(run_sim(config, args))?;
+            runtime()?.block_on(run_sim(config, args))?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Demo(args) => Services {
@@ -287,12 +285,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             demo: None,
         },
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    runtime()?.block_on(run_services(config, services))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Only the commands that run something start the async runtime.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(run_services(config, services))?;
-    Ok(ExitCode::SUCCESS)
+        .context("starting the async runtime")
 }
 
 fn mint_token(config: &Config, args: TokenArgs) -> anyhow::Result<String> {

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::kafka::{Brokers, ensure_topics};
 use crate::service::ServiceContext;
 use crate::store::SharedStore;
-use crate::topics::{Topic, Topics};
+use crate::topics::Topic;
 
 /// True when the test script set the stack up: tests must not skip.
 pub fn stack_required() -> bool {
@@ -94,9 +94,4 @@ pub async fn context(name: &str, choice: BrokerChoice, tweak: impl FnOnce(&mut C
 
 fn store_url(store: &SharedStore) -> Option<String> {
     (store.kind() == "redis").then(|| redis_url().unwrap_or_default())
-}
-
-/// The topic names of a context, for assertions.
-pub fn topic_name(ctx: &ServiceContext, topic: Topic) -> String {
-    Topics::name(&ctx.topics, topic)
 }

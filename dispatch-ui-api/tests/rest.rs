@@ -439,10 +439,7 @@ async fn stats_coverage_info_jurisdictions_and_openapi() {
 
     let (s, info) = get(&api, &analyst, "/api/v1/info").await;
     assert_eq!(s, 200);
-    assert_eq!(
-        info["topics"]["actions"],
-        bus::testing::topic_name(&ctx, Topic::Actions)
-    );
+    assert_eq!(info["topics"]["actions"], ctx.topics.name(Topic::Actions));
     assert_eq!(info["store"], ctx.store.kind());
     assert_eq!(info["kafka"]["embedded"], ctx.brokers.is_embedded());
 

@@ -11,9 +11,6 @@ use bus::model::{
 };
 use common::*;
 
-const LAT: f64 = 36.6650;
-const LON: f64 = 117.0250;
-
 fn status(status: ReportedStatus) -> Command {
     Command::Status {
         status,
@@ -35,13 +32,7 @@ async fn a_task_goes_from_ack_to_resolved_and_the_operator_closes_it() {
     unit(&ctx, "u-1", UnitType::PatrolCar, LAT + 0.001, LON).await;
     unit(&ctx, "u-2", UnitType::PatrolCar, LAT + 0.002, LON).await;
     let mut r = router(&ctx);
-    r.on_event(
-        event(&ctx, Source::Call110, "robbery", "持刀抢劫", LAT, LON, t0()),
-        t0(),
-    )
-    .await
-    .unwrap();
-    let inc = only_open(&ctx).await;
+    let inc = robbery_at_t0(&ctx, &mut r).await;
     let t1 = inc.units[0].task.clone();
 
     r.on_action(by_unit("u-1", ack(&t1), secs(t0(), 30)), secs(t0(), 30))

@@ -8,9 +8,6 @@ mod common;
 use bus::model::{Command, EscalationKind, ReportedStatus, SlaState, Source, Stage, TaskStatus, UnitStatus, UnitType};
 use common::*;
 
-const LAT: f64 = 36.6650;
-const LON: f64 = 117.0250;
-
 fn on_scene() -> Command {
     Command::Status {
         status: ReportedStatus::OnScene,
@@ -73,13 +70,7 @@ async fn stages_met_in_time_are_never_breached() {
     unit(&ctx, "u-1", UnitType::PatrolCar, LAT + 0.001, LON).await;
     unit(&ctx, "u-2", UnitType::PatrolCar, LAT + 0.002, LON).await;
     let mut r = router(&ctx);
-    r.on_event(
-        event(&ctx, Source::Call110, "robbery", "持刀抢劫", LAT, LON, t0()),
-        t0(),
-    )
-    .await
-    .unwrap();
-    let inc = only_open(&ctx).await;
+    let inc = robbery_at_t0(&ctx, &mut r).await;
     let t1 = inc.units[0].task.clone();
     r.on_action(
         by_unit("u-1", Command::Ack { task: t1 }, secs(t0(), 50)),
@@ -110,13 +101,7 @@ async fn arrive_and_reinforce_are_breached_when_units_are_late() {
     unit(&ctx, "u-1", UnitType::PatrolCar, LAT + 0.001, LON).await;
     unit(&ctx, "u-2", UnitType::PatrolCar, LAT + 0.002, LON).await;
     let mut r = router(&ctx);
-    r.on_event(
-        event(&ctx, Source::Call110, "robbery", "持刀抢劫", LAT, LON, t0()),
-        t0(),
-    )
-    .await
-    .unwrap();
-    let inc = only_open(&ctx).await;
+    let inc = robbery_at_t0(&ctx, &mut r).await;
     for u in &inc.units {
         let ack = by_unit(&u.unit, Command::Ack { task: u.task.clone() }, secs(t0(), 30));
         r.on_action(ack, secs(t0(), 30)).await.unwrap();

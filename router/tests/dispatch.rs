@@ -7,9 +7,6 @@ mod common;
 use bus::model::{EscalationKind, IncidentStatus, Source, TaskStatus, UnitRole, UnitStatus, UnitType};
 use common::*;
 
-const LAT: f64 = 36.6650;
-const LON: f64 = 117.0250;
-
 #[tokio::test]
 async fn the_nearest_available_unit_gets_the_task() {
     let ctx = ctx("router-nearest").await;
@@ -62,13 +59,7 @@ async fn p1_incidents_get_reinforcements_up_to_the_target() {
     unit(&ctx, "u-2", UnitType::PatrolCar, LAT + 0.002, LON).await;
     unit(&ctx, "u-3", UnitType::PatrolCar, LAT + 0.003, LON).await;
     let mut r = router(&ctx);
-    r.on_event(
-        event(&ctx, Source::Call110, "robbery", "持刀抢劫", LAT, LON, t0()),
-        t0(),
-    )
-    .await
-    .unwrap();
-    let inc = only_open(&ctx).await;
+    let inc = robbery_at_t0(&ctx, &mut r).await;
     let roles: Vec<(&str, UnitRole)> = inc.units.iter().map(|u| (u.unit.as_str(), u.role)).collect();
     assert_eq!(
         roles,
@@ -141,13 +132,7 @@ async fn a_p1_short_of_reinforcements_gets_them_when_a_unit_frees_up() {
     let ctx = ctx("router-p1-short").await;
     unit(&ctx, "u-1", UnitType::PatrolCar, LAT + 0.001, LON).await;
     let mut r = router(&ctx);
-    r.on_event(
-        event(&ctx, Source::Call110, "robbery", "持刀抢劫", LAT, LON, t0()),
-        t0(),
-    )
-    .await
-    .unwrap();
-    let inc = only_open(&ctx).await;
+    let inc = robbery_at_t0(&ctx, &mut r).await;
     assert_eq!(inc.units.len(), 1);
     assert!(
         inc.timeline.iter().any(|t| t.what.contains("only 1 of 2 units")),

@@ -7,9 +7,6 @@ mod common;
 use bus::model::{IncidentStatus, SlaState, Source, UnitType};
 use common::*;
 
-const LAT: f64 = 36.6650;
-const LON: f64 = 117.0250;
-
 #[tokio::test]
 async fn priorities_reasons_and_desks_for_a_table_of_calls() {
     let ctx = ctx("router-table").await;

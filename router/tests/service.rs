@@ -17,8 +17,6 @@ use bus::{ServiceContext, Supervisor};
 use common::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-const LAT: f64 = 36.6650;
-const LON: f64 = 117.0250;
 const WAIT: Duration = Duration::from_secs(40);
 
 async fn send_event(producer: &Producer, ev: &Event) {

@@ -24,7 +24,7 @@ pub struct Throughput {
 }
 
 impl Throughput {
-    fn new(messages: u64, elapsed: Duration) -> Throughput {
+    pub(super) fn new(messages: u64, elapsed: Duration) -> Throughput {
         let seconds = elapsed.as_secs_f64();
         Throughput {
             messages,

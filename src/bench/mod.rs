@@ -574,12 +574,7 @@ async fn ingest_throughput(
     for h in handles {
         total += h.await.unwrap_or(0);
     }
-    let elapsed = started.elapsed();
-    Ok(Throughput {
-        messages: total,
-        seconds: elapsed.as_secs_f64(),
-        per_second: total as f64 / elapsed.as_secs_f64(),
-    })
+    Ok(Throughput::new(total, started.elapsed()))
 }
 
 /// Holds `n` idle connections (analysts subscribed to the events topic),
@@ -662,11 +657,7 @@ async fn websocket_fan_out(system: &System, city: &City, n: usize, bare_per_seco
     for c in clients {
         c.abort();
     }
-    let pushes = Throughput {
-        messages: delivered,
-        seconds: elapsed.as_secs_f64(),
-        per_second: delivered as f64 / elapsed.as_secs_f64(),
-    };
+    let pushes = Throughput::new(delivered, elapsed);
     Ok(WsReport {
         connections: n,
         connected,

@@ -20,6 +20,10 @@ use serde_json::Map;
 use tokio_util::sync::CancellationToken;
 
 /// A fresh context; the consumer group is unique to the test too.
+/// The test point: inside the quancheng station area.
+pub const LAT: f64 = 36.6650;
+pub const LON: f64 = 117.0250;
+
 pub async fn ctx(name: &str) -> ServiceContext {
     ctx_with(name, |_| {}).await
 }
@@ -195,4 +199,13 @@ where
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The scenario most tests start from: a knife robbery called in at `t0`
+/// at the test point; returns the incident it opened.
+pub async fn robbery_at_t0(ctx: &ServiceContext, r: &mut Router) -> Incident {
+    r.on_event(event(ctx, Source::Call110, "robbery", "持刀抢劫", LAT, LON, t0()), t0())
+        .await
+        .unwrap();
+    only_open(ctx).await
 }
