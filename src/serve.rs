@@ -12,17 +12,24 @@ use bus::ServiceContext;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
-/// Bucket bounds for every histogram (all are durations in seconds):
-/// buckets, unlike summaries, add up across replicas, so a dashboard can
-/// show the cluster's p99 rather than the worst replica's.
+/// Bucket bounds for every histogram of durations in seconds: buckets,
+/// unlike summaries, add up across replicas, so a dashboard can show the
+/// cluster's p99 rather than the worst replica's.
 const SECONDS_BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+/// Bucket bounds for the one count histogram, records per router batch.
+const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// Installs the Prometheus recorder for the process.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    use metrics_exporter_prometheus::Matcher;
     Ok(PrometheusBuilder::new()
         .set_buckets(&SECONDS_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(bus::metrics::ROUTER_BATCH_RECORDS.to_owned()),
+            &BATCH_BUCKETS,
+        )?
         .install_recorder()?)
 }
 

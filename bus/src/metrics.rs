@@ -17,6 +17,9 @@ pub const KAFKA_PRODUCE_ERRORS_TOTAL: &str = "qzx_kafka_produce_errors_total";
 
 // router
 pub const ROUTER_PROCESS_SECONDS: &str = "qzx_router_process_duration_seconds";
+/// Records handled together before one settle (acks awaited, Store written).
+pub const ROUTER_BATCH_RECORDS: &str = "qzx_router_batch_records";
+pub const ROUTER_SETTLE_SECONDS: &str = "qzx_router_settle_duration_seconds";
 pub const ROUTER_EVENTS_TOTAL: &str = "qzx_router_events_total";
 pub const ROUTER_ACTIONS_TOTAL: &str = "qzx_router_actions_total";
 pub const ROUTER_INCIDENTS_TOTAL: &str = "qzx_router_incidents_total";

@@ -3,6 +3,14 @@
 //! incident versions, tasks, unit states, escalations, dead letters — with
 //! the broker's acknowledgement before the record counts as handled.
 //!
+//! Records are *staged* one after another (outputs handed to the producer,
+//! in-memory state updated at once) and then *settled* together: every
+//! acknowledgement awaited, then the Store written. Only then are their
+//! offsets stored. Until a settle, lookups read through the unsettled
+//! outputs, so a record sees what the records before it changed; if a
+//! publish fails, the unsettled state is thrown away and reloaded from the
+//! Store, and the records are handled again.
+//!
 //! Invariants: an event or action id applied once changes nothing the
 //! second time (in-memory set, then a Store key); a unit is only ever given
 //! a task through `Store::claim_unit`, so two incidents never share it; a
@@ -14,7 +22,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bus::ServiceContext;
-use bus::kafka::{OutRecord, Producer, Received};
+use bus::kafka::{Delivery, OutRecord, ProduceError, Producer, Received};
 use bus::model::{
     Action, Channel, Command, DeadLetter, Escalation, EscalationKind, Event, FieldError, Incident, IncidentStatus,
     IncidentUnit, ReportedStatus, SlaState, Source, Stage, Task, TaskKind, TaskStatus, Timestamp, Unit, UnitRole,
@@ -145,15 +153,68 @@ fn upsert<T>(items: &mut Vec<T>, item: T, id: impl Fn(&T) -> String) {
     }
 }
 
-/// Store writes of a published batch that have not succeeded yet; written
-/// before anything else is handled, so the Store never falls behind Kafka.
-#[derive(Debug, Default)]
-struct Pending {
+/// Outputs staged since the last settle: handed to the producer and made
+/// the router's in-memory state, but not yet acknowledged (while
+/// `deliveries` is not empty) or not yet written to the Store.
+#[derive(Default)]
+struct Unsettled {
+    deliveries: Vec<Delivery>,
     incidents: Vec<Incident>,
     tasks: Vec<Task>,
     units: Vec<Unit>,
     caprefs: Vec<(String, String)>,
-    applied: Option<String>,
+    applied: Vec<String>,
+    /// Units claimed for these outputs: released if they are not published.
+    claimed: Vec<(String, String)>,
+}
+
+impl Unsettled {
+    fn is_empty(&self) -> bool {
+        self.deliveries.is_empty()
+            && self.incidents.is_empty()
+            && self.tasks.is_empty()
+            && self.units.is_empty()
+            && self.caprefs.is_empty()
+            && self.applied.is_empty()
+    }
+
+    /// Adds a staged batch; a later version of the same thing replaces the
+    /// earlier one (the Store only needs the newest).
+    fn add(&mut self, batch: Batch) {
+        for i in batch.incidents {
+            upsert(&mut self.incidents, i, |i| i.id.clone());
+        }
+        for t in batch.tasks {
+            upsert(&mut self.tasks, t, |t| t.id.clone());
+        }
+        for u in batch.units {
+            upsert(&mut self.units, u, |u| u.id.clone());
+        }
+        self.caprefs.extend(batch.caprefs);
+        self.applied.extend(batch.applied);
+        self.claimed.extend(batch.claimed);
+    }
+}
+
+/// A batch of records stopped at a failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{source:#}")]
+pub struct BatchError {
+    /// Records from the start of the batch that are applied and published.
+    pub handled: usize,
+    pub source: anyhow::Error,
+}
+
+/// Why a settle failed, which decides what the caller retries.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    /// Some output was not acknowledged: the staged state was thrown away
+    /// and reloaded, and the records must be handled again.
+    #[error("publishing the router's outputs: {0:#}")]
+    Unpublished(anyhow::Error),
+    /// Everything is published but the Store write failed: settle again.
+    #[error("writing the router's state to the store: {0:#}")]
+    Unstored(anyhow::Error),
 }
 
 /// The router's state and IO, driven one record or tick at a time by
@@ -174,7 +235,7 @@ pub struct Router {
     tasks: HashMap<String, Task>,
     recent: HashSet<String>,
     recent_order: VecDeque<String>,
-    pending: Option<Pending>,
+    unsettled: Unsettled,
 }
 
 impl std::fmt::Debug for Router {
@@ -200,7 +261,7 @@ impl Router {
             tasks: HashMap::new(),
             recent: HashSet::new(),
             recent_order: VecDeque::new(),
-            pending: None,
+            unsettled: Unsettled::default(),
         }
     }
 
@@ -217,8 +278,14 @@ impl Router {
     /// reload the open incidents of the jurisdictions they carry from the
     /// Store (written by the previous owner before it committed).
     pub async fn set_owned(&mut self, partitions: impl IntoIterator<Item = i32>) -> anyhow::Result<()> {
-        self.write_pending().await?;
+        self.settle().await?;
         self.owned = partitions.into_iter().collect();
+        self.reload().await
+    }
+
+    /// Replaces the in-memory state of the owned jurisdictions with the
+    /// Store's (which holds exactly what was settled).
+    async fn reload(&mut self) -> anyhow::Result<()> {
         let all = self.store.open_incidents().await?;
         self.open = all
             .into_iter()
@@ -239,9 +306,41 @@ impl Router {
         Ok(())
     }
 
-    /// Handles one consumed record. `Err` means "retry this record".
+    /// Handles one consumed record and settles it. `Err` means "retry this
+    /// record".
     pub async fn handle(&mut self, record: &Received, now: Timestamp) -> anyhow::Result<()> {
-        self.write_pending().await?;
+        self.handle_all(std::slice::from_ref(record), now)
+            .await
+            .map_err(|e| e.source)
+    }
+
+    /// Handles the records in order and settles them together. On `Err`,
+    /// the first `handled` records are applied and published; the rest
+    /// must be handled again.
+    pub async fn handle_all(&mut self, records: &[Received], now: Timestamp) -> Result<(), BatchError> {
+        let failed = |handled, source| BatchError { handled, source };
+        // Outputs of an earlier call whose Store write failed come first.
+        self.settle().await.map_err(|e| failed(0, e.into()))?;
+        let mut staged = 0;
+        let mut result = Ok(());
+        for record in records {
+            if let Err(e) = self.stage_record(record, now).await {
+                result = Err(e);
+                break;
+            }
+            staged += 1;
+        }
+        metrics::histogram!(bus::metrics::ROUTER_BATCH_RECORDS).record(staged as f64);
+        match self.settle().await {
+            Ok(()) => result.map_err(|e| failed(staged, e)),
+            // Not handled until the Store holds it too, so a committed
+            // offset never runs ahead of the Store. The retry writes the
+            // Store first; the records' ids then make them no-ops.
+            Err(e) => Err(failed(0, e.into())),
+        }
+    }
+
+    async fn stage_record(&mut self, record: &Received, now: Timestamp) -> anyhow::Result<()> {
         let started = Instant::now();
         let result = match record.topic {
             Topic::Events => self.on_event_record(record, now).await,
@@ -257,10 +356,10 @@ impl Router {
 
     async fn on_event_record(&mut self, record: &Received, now: Timestamp) -> anyhow::Result<()> {
         match self.parse_event(record, now) {
-            Ok((event, false)) => self.on_event(event, now).await,
+            Ok((event, false)) => self.apply_event(event, now).await,
             Ok((event, true)) => {
                 if partition_of(&event.jurisdiction, self.partitions) == record.partition || forwarded(record) {
-                    return self.on_event(event, now).await;
+                    return self.apply_event(event, now).await;
                 }
                 // Written by a source system under another key: hand the
                 // normalised event to the partition (and router) that owns
@@ -337,7 +436,7 @@ impl Router {
         batch
             .dead_letters
             .push((source.unwrap_or_else(|| "kafka".to_owned()), letter));
-        self.flush(batch, now).await
+        self.stage(batch, now).await
     }
 
     async fn applied(&self, id: &str) -> anyhow::Result<bool> {
@@ -345,6 +444,15 @@ impl Router {
             return Ok(true);
         }
         Ok(self.store.get_key(&applied_key(id)).await?.is_some())
+    }
+
+    /// Forgets ids whose outputs were not published, so their records
+    /// are applied when handled again.
+    fn forget(&mut self, ids: &[String]) {
+        for id in ids {
+            self.recent.remove(id);
+        }
+        self.recent_order.retain(|id| self.recent.contains(id));
     }
 
     fn remember(&mut self, id: String) {
@@ -358,8 +466,15 @@ impl Router {
         }
     }
 
-    /// Scores, links or creates, diverts or dispatches one event.
+    /// Scores, links or creates, diverts or dispatches one event, and
+    /// settles it.
     pub async fn on_event(&mut self, event: Event, now: Timestamp) -> anyhow::Result<()> {
+        self.settle().await?;
+        self.apply_event(event, now).await?;
+        Ok(self.settle().await?)
+    }
+
+    async fn apply_event(&mut self, event: Event, now: Timestamp) -> anyhow::Result<()> {
         if self.applied(&event.id).await? {
             metrics::counter!(bus::metrics::ROUTER_EVENTS_TOTAL, "outcome" => "duplicate").increment(1);
             return Ok(());
@@ -376,7 +491,7 @@ impl Router {
             // and certainly no new incident.
             tracing::info!(event = %event.id, "cap cancel for no open incident");
             metrics::counter!(bus::metrics::ROUTER_EVENTS_TOTAL, "outcome" => "cap_cancel_ignored").increment(1);
-            return self.flush(batch, now).await;
+            return self.stage(batch, now).await;
         }
         if let Some((cancel, _)) = cap
             && let Some(mut incident) = referenced
@@ -416,7 +531,7 @@ impl Router {
             batch.caprefs.push((event.input.source_id.clone(), incident.id.clone()));
             batch.put_incident(incident);
             metrics::counter!(bus::metrics::ROUTER_EVENTS_TOTAL, "outcome" => "cap_update").increment(1);
-            return self.flush(batch, now).await;
+            return self.stage(batch, now).await;
         }
 
         let link = event.input.location.as_ref().and_then(|loc| {
@@ -474,7 +589,7 @@ impl Router {
         }
         derive_status(&mut incident);
         batch.put_incident(incident);
-        self.flush(batch, now).await
+        self.stage(batch, now).await
     }
 
     /// `Some((cancel, incident))` when the event is a CAP Update or Cancel,
@@ -495,6 +610,10 @@ impl Router {
             // CAP: "sender,identifier,sent"; a bare identifier is accepted.
             let parts: Vec<&str> = reference.split(',').collect();
             let identifier = if parts.len() >= 2 { parts[1] } else { parts[0] };
+            let unsettled = self.unsettled.caprefs.iter().rev().find(|(cap, _)| cap == identifier);
+            if let Some((_, id)) = unsettled {
+                return Ok(Some((cancel, Some(id.clone()))));
+            }
             if let Some(id) = self.store.get_key(&capref_key(identifier)).await? {
                 return Ok(Some((cancel, Some(id))));
             }
@@ -617,7 +736,8 @@ impl Router {
             }
             let task = self.engine.new_task(incident, &choice.unit.id, kind, now);
             match self.store.claim_unit(&choice.unit.id, &task.id).await? {
-                Claim::Claimed(mut unit) => {
+                Claim::Claimed(unit) => {
+                    let mut unit = self.newest(unit);
                     unit.at = now;
                     batch.claimed.push((unit.id.clone(), task.id.clone()));
                     incident.units.push(IncidentUnit {
@@ -661,7 +781,23 @@ impl Router {
         if let Some(u) = batch.units.iter().find(|u| u.id == id) {
             return Ok(Some(u.clone()));
         }
+        if let Some(u) = self.unsettled.units.iter().find(|u| u.id == id) {
+            return Ok(Some(u.clone()));
+        }
         self.store.unit(id).await
+    }
+
+    /// A unit just claimed in the Store, over the copy this instance
+    /// changed since the last settle (the Store's lags until then).
+    fn newest(&self, claimed: Unit) -> Unit {
+        match self.unsettled.units.iter().find(|u| u.id == claimed.id) {
+            Some(staged) => Unit {
+                status: claimed.status,
+                task: claimed.task,
+                ..staged.clone()
+            },
+            None => claimed,
+        }
     }
 
     async fn task(&self, batch: &Batch, id: &str) -> anyhow::Result<Option<Task>> {
@@ -669,6 +805,9 @@ impl Router {
             return Ok(Some(t.clone()));
         }
         if let Some(t) = self.tasks.get(id) {
+            return Ok(Some(t.clone()));
+        }
+        if let Some(t) = self.unsettled.tasks.iter().find(|t| t.id == id) {
             return Ok(Some(t.clone()));
         }
         match self.store.get_key(&task_key(id)).await? {
@@ -682,6 +821,9 @@ impl Router {
             return Ok(Some(i.clone()));
         }
         if let Some(i) = self.open.get(id) {
+            return Ok(Some(i.clone()));
+        }
+        if let Some(i) = self.unsettled.incidents.iter().find(|i| i.id == id) {
             return Ok(Some(i.clone()));
         }
         Ok(self.store.incident(id).await?)
@@ -791,7 +933,7 @@ impl Router {
                         .increment(1);
                     return Ok(());
                 }
-                self.on_action(action, now).await
+                self.apply_action(action, now).await
             }
             Err(e) => {
                 metrics::counter!(bus::metrics::ROUTER_ACTIONS_TOTAL, "op" => "invalid", "outcome" => "dead_letter")
@@ -837,8 +979,15 @@ impl Router {
         }
     }
 
-    /// Applies one command, or records why it cannot be applied.
+    /// Applies one command, or records why it cannot be applied, and
+    /// settles it.
     pub async fn on_action(&mut self, action: Action, now: Timestamp) -> anyhow::Result<()> {
+        self.settle().await?;
+        self.apply_action(action, now).await?;
+        Ok(self.settle().await?)
+    }
+
+    async fn apply_action(&mut self, action: Action, now: Timestamp) -> anyhow::Result<()> {
         if self.applied(&action.id).await? {
             return Ok(());
         }
@@ -895,14 +1044,14 @@ impl Router {
         match result {
             Ok(()) => {
                 metrics::counter!(bus::metrics::ROUTER_ACTIONS_TOTAL, "op" => op, "outcome" => "applied").increment(1);
-                self.flush(batch, now).await
+                self.stage(batch, now).await
             }
             Err(Fail::Io(e)) => {
-                self.release_claims(&batch).await;
+                self.release_claims(&batch.claimed).await;
                 Err(e)
             }
             Err(Fail::Reject { incident, reason }) => {
-                self.release_claims(&batch).await;
+                self.release_claims(&batch.claimed).await;
                 metrics::counter!(bus::metrics::ROUTER_ACTIONS_TOTAL, "op" => op, "outcome" => "rejected").increment(1);
                 tracing::info!(action = %action.id, op, reason = %reason, "command rejected");
                 let incident_id = incident.unwrap_or_default();
@@ -924,7 +1073,7 @@ impl Router {
                     by: action.by.sub.clone(),
                     action: Some(action.id.clone()),
                 });
-                self.flush(batch, now).await
+                self.stage(batch, now).await
             }
         }
     }
@@ -1222,7 +1371,7 @@ impl Router {
         }
         let task = self.engine.new_task(&incident, unit_id, TaskKind::Respond, now);
         let mut unit = match self.store.claim_unit(unit_id, &task.id).await? {
-            Claim::Claimed(unit) => unit,
+            Claim::Claimed(unit) => self.newest(unit),
             Claim::Unavailable(status) => {
                 return Err(reject(
                     Some(incident_id),
@@ -1406,8 +1555,8 @@ impl Router {
         Ok(())
     }
 
-    async fn release_claims(&self, batch: &Batch) {
-        for (unit, task) in &batch.claimed {
+    async fn release_claims(&self, claimed: &[(String, String)]) {
+        for (unit, task) in claimed {
             match self.store.unit(unit).await {
                 Ok(Some(mut u)) if u.task.as_deref() == Some(task.as_str()) => {
                     u.status = UnitStatus::Available;
@@ -1429,7 +1578,7 @@ impl Router {
     /// timeline, re-dispatch of an unacknowledged task) and retries
     /// dispatch for incidents still waiting for a unit.
     pub async fn tick(&mut self, now: Timestamp) -> anyhow::Result<()> {
-        self.write_pending().await?;
+        self.settle().await?;
         let due: Vec<String> = self
             .open
             .values()
@@ -1464,10 +1613,10 @@ impl Router {
             derive_status(&mut incident);
             if incident != before || !batch.is_empty() {
                 batch.put_incident(incident);
-                self.flush(batch, now).await?;
+                self.stage(batch, now).await?;
             }
         }
-        Ok(())
+        Ok(self.settle().await?)
     }
 
     /// A police incident with a clock that has fewer units than it needs:
@@ -1527,9 +1676,9 @@ impl Router {
 
     // ------------------------------------------------------------- publish
 
-    /// Publishes a batch (every record acknowledged by the broker), then
-    /// makes it the router's state and writes it to the Store.
-    async fn flush(&mut self, mut batch: Batch, now: Timestamp) -> anyhow::Result<()> {
+    /// Hands a batch's outputs to the producer and makes it the router's
+    /// state at once; [`Router::settle`] waits for the acknowledgements.
+    async fn stage(&mut self, mut batch: Batch, now: Timestamp) -> anyhow::Result<()> {
         for incident in &mut batch.incidents {
             incident.version += 1;
             incident.updated_at = now;
@@ -1539,46 +1688,16 @@ impl Router {
             task.version += 1;
             task.updated_at = now;
         }
-        let mut records = Vec::new();
-        let built: Result<(), bus::kafka::ProduceError> = (|| {
-            for i in &batch.incidents {
-                records.push(OutRecord::json(
-                    Topic::Incidents,
-                    &i.id,
-                    format!("{}:{}", i.id, i.version),
-                    i,
-                )?);
+        let records = match outputs(&batch) {
+            Ok(records) => records,
+            Err(e) => {
+                self.release_claims(&batch.claimed).await;
+                return Err(anyhow::Error::new(e).context("serialising the router's outputs"));
             }
-            for t in &batch.tasks {
-                records.push(OutRecord::json(
-                    Topic::Tasks,
-                    &t.unit,
-                    format!("{}:{}", t.id, t.version),
-                    t,
-                )?);
-            }
-            for u in &batch.units {
-                records.push(OutRecord::json(Topic::Units, &u.id, new_id(), u)?);
-            }
-            for e in &batch.escalations {
-                let key = if e.incident.is_empty() {
-                    &e.jurisdiction
-                } else {
-                    &e.incident
-                };
-                records.push(OutRecord::json(Topic::Escalations, key, &e.id, e)?);
-            }
-            for (key, d) in &batch.dead_letters {
-                records.push(OutRecord::json(Topic::DeadLetter, key, new_id(), d)?);
-            }
-            Ok(())
-        })();
-        built?;
-        let results = self.producer.send_all(&records).await;
-        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-            self.release_claims(&batch).await;
-            return Err(anyhow::Error::new(e).context("publishing the router's outputs"));
-        }
+        };
+        self.unsettled
+            .deliveries
+            .extend(records.iter().map(|r| self.producer.start_send(r)));
 
         for incident in &batch.incidents {
             if incident.status.is_open() && self.owned_or_new(incident) {
@@ -1600,14 +1719,39 @@ impl Router {
         if let Some(id) = &batch.applied {
             self.remember(id.clone());
         }
-        self.pending = Some(Pending {
-            incidents: batch.incidents,
-            tasks: batch.tasks,
-            units: batch.units,
-            caprefs: batch.caprefs,
-            applied: batch.applied,
-        });
-        self.write_pending().await
+        self.unsettled.add(batch);
+        Ok(())
+    }
+
+    /// Waits for every staged output's acknowledgement, then writes them
+    /// to the Store. When a publish failed, the staged state is undone
+    /// (claims released, state reloaded from the Store) so the records can
+    /// be handled again; when the Store failed, the writes are kept and
+    /// retried by the next settle, before anything else is handled.
+    pub async fn settle(&mut self) -> Result<(), SettleError> {
+        if self.unsettled.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let deliveries = std::mem::take(&mut self.unsettled.deliveries);
+        let failed = futures::future::join_all(deliveries)
+            .await
+            .into_iter()
+            .find_map(Result::err);
+        if let Some(e) = failed {
+            let unsettled = std::mem::take(&mut self.unsettled);
+            self.release_claims(&unsettled.claimed).await;
+            self.forget(&unsettled.applied);
+            if let Err(reload) = self.reload().await {
+                tracing::warn!(error = %format!("{reload:#}"), "could not reload the router's state after a failed publish");
+            }
+            return Err(SettleError::Unpublished(anyhow::Error::new(e)));
+        }
+        self.unsettled.claimed.clear();
+        self.write_unsettled().await.map_err(SettleError::Unstored)?;
+        self.unsettled = Unsettled::default();
+        metrics::histogram!(bus::metrics::ROUTER_SETTLE_SECONDS).record(started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     /// An incident this instance owns (or created before its first
@@ -1619,40 +1763,66 @@ impl Router {
                 .contains(&partition_of(&incident.jurisdiction, self.partitions))
     }
 
-    /// Writes what was published to the Store; kept and retried first
-    /// thing on the next call when the Store fails.
-    async fn write_pending(&mut self) -> anyhow::Result<()> {
-        let Some(pending) = self.pending.take() else {
-            return Ok(());
-        };
-        let result = async {
-            for i in &pending.incidents {
-                self.store.put_incident(i).await?;
-            }
-            for t in &pending.tasks {
-                let json = serde_json::to_string(t)?;
-                self.store.set_key(&task_key(&t.id), &json, TASK_TTL).await?;
-            }
-            for u in &pending.units {
-                self.store.put_unit(u).await?;
-            }
-            for (identifier, incident) in &pending.caprefs {
-                self.store
-                    .set_key(&capref_key(identifier), incident, CAPREF_TTL)
-                    .await?;
-            }
-            if let Some(id) = &pending.applied {
-                self.store.set_key(&applied_key(id), "1", APPLIED_TTL).await?;
-            }
-            anyhow::Ok(())
+    /// Writes published outputs to the Store. Each write is idempotent,
+    /// so a retry after a partial failure repeats them all.
+    async fn write_unsettled(&self) -> anyhow::Result<()> {
+        let unsettled = &self.unsettled;
+        for i in &unsettled.incidents {
+            self.store.put_incident(i).await?;
         }
-        .await;
-        if let Err(e) = result {
-            self.pending = Some(pending);
-            return Err(e.context("writing the router's state to the store"));
+        for t in &unsettled.tasks {
+            let json = serde_json::to_string(t)?;
+            self.store.set_key(&task_key(&t.id), &json, TASK_TTL).await?;
+        }
+        for u in &unsettled.units {
+            self.store.put_unit(u).await?;
+        }
+        for (identifier, incident) in &unsettled.caprefs {
+            self.store
+                .set_key(&capref_key(identifier), incident, CAPREF_TTL)
+                .await?;
+        }
+        for id in &unsettled.applied {
+            self.store.set_key(&applied_key(id), "1", APPLIED_TTL).await?;
         }
         Ok(())
     }
+}
+
+/// The records a batch publishes.
+fn outputs(batch: &Batch) -> Result<Vec<OutRecord>, ProduceError> {
+    let mut records = Vec::new();
+    for i in &batch.incidents {
+        records.push(OutRecord::json(
+            Topic::Incidents,
+            &i.id,
+            format!("{}:{}", i.id, i.version),
+            i,
+        )?);
+    }
+    for t in &batch.tasks {
+        records.push(OutRecord::json(
+            Topic::Tasks,
+            &t.unit,
+            format!("{}:{}", t.id, t.version),
+            t,
+        )?);
+    }
+    for u in &batch.units {
+        records.push(OutRecord::json(Topic::Units, &u.id, new_id(), u)?);
+    }
+    for e in &batch.escalations {
+        let key = if e.incident.is_empty() {
+            &e.jurisdiction
+        } else {
+            &e.incident
+        };
+        records.push(OutRecord::json(Topic::Escalations, key, &e.id, e)?);
+    }
+    for (key, d) in &batch.dead_letters {
+        records.push(OutRecord::json(Topic::DeadLetter, key, new_id(), d)?);
+    }
+    Ok(records)
 }
 
 /// What a unit's `status` command reports.

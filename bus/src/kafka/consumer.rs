@@ -215,6 +215,16 @@ impl Consumer {
         }
     }
 
+    /// The next record if one is already here, without waiting: lets a
+    /// caller take what a fetch brought in one go.
+    pub fn try_next(&self) -> Result<Option<Received>, ConsumerError> {
+        use futures::FutureExt as _;
+        let never = CancellationToken::new();
+        // `recv` takes a record that is already queued before it first
+        // returns `Pending`, and dropping it then loses nothing.
+        self.next(&never).now_or_never().unwrap_or(Ok(None))
+    }
+
     /// Marks a record handled: its offset will be committed.
     pub fn done(&self, record: &Received) {
         let name = self.topics.name(record.topic);

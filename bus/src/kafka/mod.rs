@@ -12,7 +12,7 @@ use rdkafka::ClientConfig;
 
 pub use self::admin::{TopicError, check_reachable, ensure_topics};
 pub use self::consumer::{Assignment, Consumer, ConsumerError, Handler, Received};
-pub use self::producer::{Delivered, OutRecord, PARTITIONER, ProduceError, Producer};
+pub use self::producer::{Delivered, Delivery, OutRecord, PARTITIONER, ProduceError, Producer};
 
 use crate::config::KafkaConfig;
 use crate::embedded::{EmbeddedBroker, EmbeddedError};

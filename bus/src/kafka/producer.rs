@@ -76,6 +76,20 @@ impl OutRecord {
     }
 }
 
+/// A record's acknowledgement to come: `Sync` too, so a holder of
+/// several stays shareable across `.await`s.
+pub type Delivery = std::pin::Pin<Box<dyn Future<Output = Result<Delivered, ProduceError>> + Send + Sync + 'static>>;
+
+/// A record that found the client's queue full, kept to be sent once
+/// there is room.
+struct WaitForRoom {
+    inner: FutureProducer,
+    key: String,
+    value: Vec<u8>,
+    headers: rdkafka::message::OwnedHeaders,
+    timeout: Duration,
+}
+
 /// Shared by every task of a service (cheap to clone).
 #[derive(Clone)]
 pub struct Producer {
@@ -129,27 +143,78 @@ impl Producer {
 
     /// Produces one record and waits for the broker's acknowledgement.
     pub async fn send(&self, record: &OutRecord) -> Result<Delivered, ProduceError> {
+        self.start_send(record).await
+    }
+
+    /// Hands one record to the client now and returns a future of its
+    /// acknowledgement. Records started in order stay in order on their
+    /// partition (idempotent producer), so a caller may start several and
+    /// wait for them together. Dropping the future does not unsend the
+    /// record.
+    pub fn start_send(&self, record: &OutRecord) -> Delivery {
         let topic = self.topics.name(record.topic);
         let mut ce = CeAttributes::new(&record.id, &self.ce_source, record.topic.ce_type());
         ce.subject.clone_from(&record.subject);
+        let headers = ce.to_headers();
         let future_record = FutureRecord::to(&topic)
             .key(record.key.as_bytes())
             .payload(&record.value)
-            .headers(ce.to_headers());
+            .headers(headers.clone());
         let started = Instant::now();
-        let result = self.inner.send(future_record, Timeout::After(self.timeout)).await;
-        ::metrics::histogram!(metrics::KAFKA_PRODUCE_SECONDS, "topic" => record.topic.suffix())
-            .record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(delivery) => Ok(Delivered {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
-            Err((source, _)) => {
-                ::metrics::counter!(metrics::KAFKA_PRODUCE_ERRORS_TOTAL, "topic" => record.topic.suffix()).increment(1);
-                Err(classify(topic, source))
+        // The local queue is full only under a large backlog: then the
+        // record waits for room (bounded by the delivery timeout) instead.
+        let queued = match self.inner.send_result(future_record) {
+            Ok(delivery) => Ok(delivery),
+            Err((e, _)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
+                Err(WaitForRoom {
+                    inner: self.inner.clone(),
+                    key: record.key.clone(),
+                    value: record.value.clone(),
+                    headers,
+                    timeout: self.timeout,
+                })
             }
-        }
+            Err((e, _)) => {
+                return Box::pin(std::future::ready(Err(self.failed(record.topic, topic, e))));
+            }
+        };
+        let suffix = record.topic.suffix();
+        Box::pin(async move {
+            let result = match queued {
+                Ok(delivery) => match delivery.await {
+                    Ok(result) => result.map_err(|(e, _)| e),
+                    // The client went away before it reported: not delivered.
+                    Err(_cancelled) => Err(KafkaError::Canceled),
+                },
+                Err(wait) => {
+                    let record = FutureRecord::to(&topic)
+                        .key(&wait.key)
+                        .payload(&wait.value)
+                        .headers(wait.headers);
+                    wait.inner
+                        .send(record, Timeout::After(wait.timeout))
+                        .await
+                        .map_err(|(e, _)| e)
+                }
+            };
+            ::metrics::histogram!(metrics::KAFKA_PRODUCE_SECONDS, "topic" => suffix)
+                .record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(delivery) => Ok(Delivered {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                }),
+                Err(source) => {
+                    ::metrics::counter!(metrics::KAFKA_PRODUCE_ERRORS_TOTAL, "topic" => suffix).increment(1);
+                    Err(classify(topic, source))
+                }
+            }
+        })
+    }
+
+    fn failed(&self, topic: Topic, name: String, source: KafkaError) -> ProduceError {
+        ::metrics::counter!(metrics::KAFKA_PRODUCE_ERRORS_TOTAL, "topic" => topic.suffix()).increment(1);
+        classify(name, source)
     }
 
     /// Serialises `value` as JSON and sends it.
@@ -165,7 +230,8 @@ impl Producer {
 
     /// Sends every record concurrently; the results are in input order.
     pub async fn send_all(&self, records: &[OutRecord]) -> Vec<Result<Delivered, ProduceError>> {
-        futures::future::join_all(records.iter().map(|r| self.send(r))).await
+        let started: Vec<_> = records.iter().map(|r| self.start_send(r)).collect();
+        futures::future::join_all(started).await
     }
 
     /// Waits for everything in flight (shutdown).

@@ -1,0 +1,178 @@
+//! Records handled as one batch (`Router::handle_all`): a record sees what
+//! the records before it in the same batch changed, a duplicate inside a
+//! batch changes nothing, and a publish that fails undoes the whole batch —
+//! claims released, state reloaded — so the retry applies each record once.
+
+mod common;
+
+use std::time::Duration;
+
+use bus::cloudevents::CeAttributes;
+use bus::kafka::Received;
+use bus::model::{Action, Command, Event, IncidentStatus, Source, TaskStatus, UnitStatus, UnitType};
+use bus::testing::BrokerChoice;
+use bus::topics::Topic;
+use common::*;
+
+/// A record as the consumer hands it over, on the partition its key maps to.
+fn record(ctx: &bus::ServiceContext, topic: Topic, key: &str, id: &str, payload: Vec<u8>) -> Received {
+    Received {
+        topic,
+        partition: router::partition::partition_of(key, ctx.config.kafka.partitions),
+        offset: 0,
+        key: Some(key.to_owned()),
+        payload,
+        ce: Ok(CeAttributes::new(id, "/qzx/test", topic.ce_type())),
+        timestamp_ms: None,
+    }
+}
+
+fn event_record(ctx: &bus::ServiceContext, ev: &Event) -> Received {
+    record(
+        ctx,
+        Topic::Events,
+        &ev.jurisdiction,
+        &ev.id,
+        serde_json::to_vec(ev).unwrap(),
+    )
+}
+
+fn action_record(ctx: &bus::ServiceContext, jurisdiction: &str, action: &Action) -> Received {
+    record(
+        ctx,
+        Topic::Actions,
+        jurisdiction,
+        &action.id,
+        serde_json::to_vec(action).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_record_sees_what_the_records_before_it_in_its_batch_changed() {
+    let ctx = ctx("router-batch").await;
+    unit(&ctx, "u-1", UnitType::PatrolCar, LAT + 0.001, LON).await;
+    unit(&ctx, "u-2", UnitType::PatrolCar, LAT + 0.002, LON).await;
+    let mut r = router(&ctx);
+
+    // A burglary, the same caller's repeat a minute later, and a replay
+    // of the first record: one batch.
+    let first = event(&ctx, Source::Call110, "burglary", "有人撬门", LAT, LON, t0());
+    let repeat = event(
+        &ctx,
+        Source::Call110,
+        "burglary",
+        "又有人撬门",
+        LAT,
+        LON,
+        secs(t0(), 60),
+    );
+    let batch = [
+        event_record(&ctx, &first),
+        event_record(&ctx, &repeat),
+        event_record(&ctx, &first),
+    ];
+    r.handle_all(&batch, secs(t0(), 60)).await.unwrap();
+
+    let opened = only_open(&ctx).await;
+    assert_eq!(
+        opened.events,
+        vec![first.id.clone(), repeat.id.clone()],
+        "linked, replay ignored"
+    );
+    assert_eq!(
+        opened.units.len(),
+        1,
+        "one task, not one per record: {:#?}",
+        opened.units
+    );
+    let task = opened.units[0].clone();
+    assert_eq!(task.status, TaskStatus::Issued);
+    let claimed = unit_state(&ctx, &task.unit).await;
+    assert_eq!(claimed.status, UnitStatus::Assigned);
+    assert_eq!(claimed.task.as_deref(), Some(task.task.as_str()));
+
+    // The unit's acknowledgement and its arrival in the next batch: the
+    // second command needs the first one's task state.
+    let ack = by_unit(
+        &task.unit,
+        Command::Ack {
+            task: task.task.clone(),
+        },
+        secs(t0(), 70),
+    );
+    let on_scene = by_unit(
+        &task.unit,
+        Command::Status {
+            status: bus::model::ReportedStatus::OnScene,
+            task: Some(task.task.clone()),
+            lat: Some(LAT),
+            lon: Some(LON),
+            note: None,
+            unit_type: None,
+        },
+        secs(t0(), 200),
+    );
+    let batch = [
+        action_record(&ctx, &opened.jurisdiction, &ack),
+        action_record(&ctx, &opened.jurisdiction, &on_scene),
+    ];
+    r.handle_all(&batch, secs(t0(), 200)).await.unwrap();
+    let after = incident(&ctx, &opened.id).await;
+    assert_eq!(after.units[0].status, TaskStatus::OnScene, "{:#?}", after.units);
+    assert_eq!(after.status, IncidentStatus::OnScene);
+    assert_eq!(
+        after.version,
+        opened.version + 2,
+        "a version per record, the newest stored"
+    );
+    assert_eq!(unit_state(&ctx, &task.unit).await.status, UnitStatus::OnScene);
+}
+
+#[tokio::test]
+async fn a_failed_publish_undoes_the_batch_and_the_retry_applies_each_record_once() {
+    let ctx = bus::testing::context("router-batch-fail", BrokerChoice::Embedded, |c| {
+        c.kafka.delivery_timeout_ms = 1500;
+        c.kafka.embedded_brokers = 1;
+    })
+    .await;
+    unit(&ctx, "u-1", UnitType::PatrolCar, LAT + 0.001, LON).await;
+    unit(&ctx, "u-2", UnitType::PatrolCar, LAT + 0.002, LON).await;
+    let mut r = router(&ctx);
+    let theft = event(&ctx, Source::Call110, "theft", "电动车被盗", LAT, LON, t0());
+    let fight = event(&ctx, Source::Call110, "fight", "两人打架", LAT + 0.01, LON, t0());
+    let batch = [event_record(&ctx, &theft), event_record(&ctx, &fight)];
+
+    let broker = ctx.brokers.embedded().unwrap();
+    broker.broker_down(1).unwrap();
+    let failed = r.handle_all(&batch, t0()).await.unwrap_err();
+    assert_eq!(failed.handled, 0, "nothing counts as handled: {failed}");
+    assert_eq!(r.open_incidents().count(), 0, "the staged incidents were thrown away");
+    assert!(ctx.store.open_incidents().await.unwrap().is_empty());
+    for id in ["u-1", "u-2"] {
+        let u = unit_state(&ctx, id).await;
+        assert_eq!(u.status, UnitStatus::Available, "{id}'s claim was released");
+        assert_eq!(u.task, None);
+    }
+
+    broker.broker_up(1).unwrap();
+    let mut retried = r.handle_all(&batch, t0()).await;
+    for _ in 0..20 {
+        if retried.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        retried = r.handle_all(&batch, t0()).await;
+    }
+    retried.unwrap();
+    let open = ctx.store.open_incidents().await.unwrap();
+    assert_eq!(open.len(), 2, "one incident per event: {open:#?}");
+    let mut units: Vec<String> = open
+        .iter()
+        .flat_map(|i| i.units.iter().map(|u| u.unit.clone()))
+        .collect();
+    units.sort();
+    assert_eq!(units, ["u-1", "u-2"], "each unit tasked once");
+    // Handling the batch again changes nothing.
+    r.handle_all(&batch, t0()).await.unwrap();
+    assert_eq!(ctx.store.open_incidents().await.unwrap().len(), 2);
+}
