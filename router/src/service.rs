@@ -48,6 +48,9 @@ const CAPREF_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 const HOTSPOT_KEEP_MS: i64 = 24 * 3600 * 1000;
 /// Applied ids remembered in memory (the Store remembers the rest).
 const RECENT_APPLIED: usize = 20_000;
+/// Waiting incidents the clock retries each tick besides one per unit
+/// freed since the last tick.
+const WAITING_RETRIES_PER_TICK: usize = 4;
 /// Raw bytes kept in a dead letter (base64 may grow them by a third; the
 /// broker's default limit is 1 MiB).
 const MAX_DEAD_LETTER_BYTES: usize = 512 * 1024;
@@ -159,9 +162,10 @@ fn upsert<T>(items: &mut Vec<T>, item: T, id: impl Fn(&T) -> String) {
 #[derive(Default)]
 struct Unsettled {
     deliveries: Vec<Delivery>,
-    incidents: Vec<Incident>,
-    tasks: Vec<Task>,
-    units: Vec<Unit>,
+    /// By id: the newest staged version of each.
+    incidents: HashMap<String, Incident>,
+    tasks: HashMap<String, Task>,
+    units: HashMap<String, Unit>,
     caprefs: Vec<(String, String)>,
     applied: Vec<String>,
     /// Units claimed for these outputs: released if they are not published.
@@ -179,16 +183,16 @@ impl Unsettled {
     }
 
     /// Adds a staged batch; a later version of the same thing replaces the
-    /// earlier one (the Store only needs the newest).
+    /// earlier one (the Store only needs the newest, in any order).
     fn add(&mut self, batch: Batch) {
         for i in batch.incidents {
-            upsert(&mut self.incidents, i, |i| i.id.clone());
+            self.incidents.insert(i.id.clone(), i);
         }
         for t in batch.tasks {
-            upsert(&mut self.tasks, t, |t| t.id.clone());
+            self.tasks.insert(t.id.clone(), t);
         }
         for u in batch.units {
-            upsert(&mut self.units, u, |u| u.id.clone());
+            self.units.insert(u.id.clone(), u);
         }
         self.caprefs.extend(batch.caprefs);
         self.applied.extend(batch.applied);
@@ -235,6 +239,10 @@ pub struct Router {
     tasks: HashMap<String, Task>,
     recent: HashSet<String>,
     recent_order: VecDeque<String>,
+    /// Units this instance made available since the last tick.
+    freed: usize,
+    /// When the clock last retried dispatch for a waiting incident.
+    retried: HashMap<String, Timestamp>,
     unsettled: Unsettled,
 }
 
@@ -261,6 +269,8 @@ impl Router {
             tasks: HashMap::new(),
             recent: HashSet::new(),
             recent_order: VecDeque::new(),
+            freed: 0,
+            retried: HashMap::new(),
             unsettled: Unsettled::default(),
         }
     }
@@ -781,7 +791,7 @@ impl Router {
         if let Some(u) = batch.units.iter().find(|u| u.id == id) {
             return Ok(Some(u.clone()));
         }
-        if let Some(u) = self.unsettled.units.iter().find(|u| u.id == id) {
+        if let Some(u) = self.unsettled.units.get(id) {
             return Ok(Some(u.clone()));
         }
         self.store.unit(id).await
@@ -790,7 +800,7 @@ impl Router {
     /// A unit just claimed in the Store, over the copy this instance
     /// changed since the last settle (the Store's lags until then).
     fn newest(&self, claimed: Unit) -> Unit {
-        match self.unsettled.units.iter().find(|u| u.id == claimed.id) {
+        match self.unsettled.units.get(&claimed.id) {
             Some(staged) => Unit {
                 status: claimed.status,
                 task: claimed.task,
@@ -807,7 +817,7 @@ impl Router {
         if let Some(t) = self.tasks.get(id) {
             return Ok(Some(t.clone()));
         }
-        if let Some(t) = self.unsettled.tasks.iter().find(|t| t.id == id) {
+        if let Some(t) = self.unsettled.tasks.get(id) {
             return Ok(Some(t.clone()));
         }
         match self.store.get_key(&task_key(id)).await? {
@@ -823,7 +833,7 @@ impl Router {
         if let Some(i) = self.open.get(id) {
             return Ok(Some(i.clone()));
         }
-        if let Some(i) = self.unsettled.incidents.iter().find(|i| i.id == id) {
+        if let Some(i) = self.unsettled.incidents.get(id) {
             return Ok(Some(i.clone()));
         }
         Ok(self.store.incident(id).await?)
@@ -1579,12 +1589,41 @@ impl Router {
     /// dispatch for incidents still waiting for a unit.
     pub async fn tick(&mut self, now: Timestamp) -> anyhow::Result<()> {
         self.settle().await?;
-        let due: Vec<String> = self
-            .open
-            .values()
-            .filter(|i| clock_due(i, now) || self.needs_units(i))
-            .map(|i| i.id.clone())
+        let mut due: Vec<String> = Vec::new();
+        let mut waiting: Vec<&Incident> = Vec::new();
+        for incident in self.open.values() {
+            if clock_due(incident, now) {
+                due.push(incident.id.clone());
+            } else if self.needs_units(incident) {
+                waiting.push(incident);
+            }
+        }
+        // A unit frees up for one incident: each tick retries as many
+        // waiting incidents as units were freed since the last, plus a few
+        // (units another instance freed), most urgent and longest untried
+        // first. Retrying all of them would scan every unit for every
+        // waiting incident, and a backlog would starve the live records.
+        let budget = WAITING_RETRIES_PER_TICK + std::mem::take(&mut self.freed);
+        let mut ranked: Vec<_> = waiting
+            .iter()
+            .map(|i| {
+                (
+                    (i.priority, self.retried.get(&i.id).copied(), i.created_at),
+                    i.id.as_str(),
+                )
+            })
             .collect();
+        if ranked.len() > budget {
+            ranked.select_nth_unstable(budget);
+            ranked.truncate(budget);
+        }
+        ranked.sort_unstable();
+        let retry: Vec<String> = ranked.iter().map(|(_, id)| (*id).to_owned()).collect();
+        self.retried.retain(|id, _| self.open.contains_key(id));
+        for id in &retry {
+            self.retried.insert(id.clone(), now);
+        }
+        due.extend(retry);
         for id in due {
             let Some(mut incident) = self.open.get(&id).cloned() else {
                 continue;
@@ -1719,6 +1758,7 @@ impl Router {
         if let Some(id) = &batch.applied {
             self.remember(id.clone());
         }
+        self.freed += batch.units.iter().filter(|u| u.status == UnitStatus::Available).count();
         self.unsettled.add(batch);
         Ok(())
     }
@@ -1767,14 +1807,14 @@ impl Router {
     /// so a retry after a partial failure repeats them all.
     async fn write_unsettled(&self) -> anyhow::Result<()> {
         let unsettled = &self.unsettled;
-        for i in &unsettled.incidents {
+        for i in unsettled.incidents.values() {
             self.store.put_incident(i).await?;
         }
-        for t in &unsettled.tasks {
+        for t in unsettled.tasks.values() {
             let json = serde_json::to_string(t)?;
             self.store.set_key(&task_key(&t.id), &json, TASK_TTL).await?;
         }
-        for u in &unsettled.units {
+        for u in unsettled.units.values() {
             self.store.put_unit(u).await?;
         }
         for (identifier, incident) in &unsettled.caprefs {

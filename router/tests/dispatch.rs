@@ -151,3 +151,73 @@ async fn a_p1_short_of_reinforcements_gets_them_when_a_unit_frees_up() {
         vec![("u-1", UnitRole::Primary), ("u-2", UnitRole::Reinforcement)]
     );
 }
+
+#[tokio::test]
+async fn a_freed_unit_goes_to_the_most_urgent_waiting_incident_and_a_backlog_is_retried_a_few_at_a_time() {
+    let ctx = ctx("router-backlog").await;
+    let mut r = router(&ctx);
+    // Ten thefts, then a robbery, all waiting: no unit is on duty.
+    for i in 0..10 {
+        // 400 m apart: ten matters, not repeats of one.
+        let lat = LAT + 0.0036 * f64::from(i);
+        r.on_event(
+            event(
+                &ctx,
+                Source::Call110,
+                "theft",
+                "被偷",
+                lat,
+                LON + 0.01,
+                secs(t0(), i.into()),
+            ),
+            secs(t0(), i.into()),
+        )
+        .await
+        .unwrap();
+    }
+    r.on_event(
+        event(&ctx, Source::Call110, "robbery", "持刀抢劫", LAT, LON, secs(t0(), 20)),
+        secs(t0(), 20),
+    )
+    .await
+    .unwrap();
+    let open = ctx.store.open_incidents().await.unwrap();
+    assert_eq!(open.len(), 11);
+    assert!(open.iter().all(|i| i.units.is_empty()));
+
+    // A unit comes on duty next to the first theft, not the robbery.
+    let freed = by_unit(
+        "u-1",
+        bus::model::Command::Status {
+            status: bus::model::ReportedStatus::Available,
+            task: None,
+            lat: Some(LAT),
+            lon: Some(LON + 0.01),
+            note: None,
+            unit_type: Some(UnitType::PatrolCar),
+        },
+        secs(t0(), 30),
+    );
+    r.on_action(freed, secs(t0(), 30)).await.unwrap();
+    r.tick(secs(t0(), 31)).await.unwrap();
+    let open = ctx.store.open_incidents().await.unwrap();
+    let served: Vec<&bus::model::Incident> = open.iter().filter(|i| !i.units.is_empty()).collect();
+    assert_eq!(served.len(), 1, "one unit, one incident");
+    assert_eq!(
+        served[0].priority, 1,
+        "the robbery first, though it came last: {:#?}",
+        served[0]
+    );
+    assert_eq!(unit_state(&ctx, "u-1").await.status, UnitStatus::Assigned);
+
+    // With no unit freed, a tick retries only a few of the waiting: the
+    // ones not retried yet come first, so every one gets its turn.
+    let versions = |open: &[bus::model::Incident]| open.iter().map(|i| (i.id.clone(), i.version)).collect::<Vec<_>>();
+    let before = versions(&ctx.store.open_incidents().await.unwrap());
+    r.tick(secs(t0(), 32)).await.unwrap();
+    assert_eq!(
+        versions(&ctx.store.open_incidents().await.unwrap()),
+        before,
+        "nothing to give, nothing changed"
+    );
+}

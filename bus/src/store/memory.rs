@@ -333,20 +333,25 @@ impl Store for MemoryStore {
         }
         // Computed under the lock: a few thousand units take well under the
         // half millisecond an async task may block.
-        let mut near: Vec<NearbyUnit> = lock(&self.units)
+        let units = lock(&self.units);
+        let mut near: Vec<(f64, &str)> = units
             .values()
             .filter_map(|unit| {
                 let (ulat, ulon) = indexable_position(unit)?;
                 let distance_m = haversine_m(lat, lon, ulat, ulon);
-                (distance_m <= radius_m).then(|| NearbyUnit {
-                    unit: unit.id.clone(),
-                    distance_m,
-                })
+                (distance_m <= radius_m).then_some((distance_m, unit.id.as_str()))
             })
             .collect();
-        near.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then_with(|| a.unit.cmp(&b.unit)));
-        near.truncate(limit);
-        Ok(near)
+        near.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        // Ids are copied only for the units answered.
+        Ok(near
+            .into_iter()
+            .take(limit)
+            .map(|(distance_m, id)| NearbyUnit {
+                unit: id.to_owned(),
+                distance_m,
+            })
+            .collect())
     }
 
     async fn move_unit(
