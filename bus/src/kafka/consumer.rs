@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Brokers;
+use super::rejoin;
 use crate::cloudevents::{CeAttributes, CeError};
 use crate::config::KafkaConfig;
 use crate::topics::{Topic, Topics};
@@ -98,6 +99,8 @@ pub struct Consumer {
     topics: Topics,
     group: String,
     assignment: watch::Receiver<Assignment>,
+    /// Stops the lone-member watchdog (`rejoin`) when the consumer drops.
+    _rejoin: Option<rejoin::Guard>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -123,6 +126,9 @@ impl Consumer {
         subscribe: &[Topic],
     ) -> Result<Consumer, ConsumerError> {
         let (tx, rx) = watch::channel(Vec::new());
+        // Unique, so the lone-member watchdog can tell this consumer among
+        // the group's members (brokers name a member `<client.id>-<uuid>`).
+        let client_id = format!("{group}-{}", uuid::Uuid::now_v7().simple());
         let context = Context {
             topics: topics.clone(),
             assignment: tx,
@@ -130,6 +136,7 @@ impl Consumer {
         let inner: StreamConsumer<Context> = brokers
             .client_config()
             .set("group.id", group)
+            .set("client.id", &client_id)
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("auto.commit.interval.ms", "1000")
@@ -157,8 +164,18 @@ impl Consumer {
             topics: names.join(", "),
             source: Box::new(source),
         })?;
+        let inner = Arc::new(inner);
+        let watched = rejoin::Watched {
+            group: group.to_owned(),
+            client_id,
+            topics: subscribe.to_vec(),
+            names,
+            assignment: rx.clone(),
+            session_timeout_ms: config.session_timeout_ms,
+        };
         Ok(Consumer {
-            inner: Arc::new(inner),
+            _rejoin: rejoin::spawn(Arc::downgrade(&inner), watched),
+            inner,
             topics,
             group: group.to_owned(),
             assignment: rx,

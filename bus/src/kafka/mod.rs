@@ -5,6 +5,7 @@
 mod admin;
 mod consumer;
 mod producer;
+mod rejoin;
 
 use std::sync::Arc;
 
