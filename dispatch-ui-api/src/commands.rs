@@ -230,6 +230,15 @@ async fn authorise(
                 if !task.status.is_open() {
                     return Err(ApiError::Conflict("the task is already finished".into()));
                 }
+                // Progress on a task changes its incident: keyed by the
+                // incident's jurisdiction, so the router that owns it reads
+                // the command first hand (the router's `action_owner`).
+                if matches!(
+                    status,
+                    ReportedStatus::EnRoute | ReportedStatus::OnScene | ReportedStatus::Cleared
+                ) {
+                    return Ok(task.jurisdiction);
+                }
             }
             match state.store.unit(&unit).await? {
                 Some(known) => Ok(known.jurisdiction),

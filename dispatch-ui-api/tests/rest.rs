@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bus::kafka::Consumer;
-use bus::model::{Action, Command, IncidentStatus, Role, SlaState, TaskStatus, UnitStatus, new_id};
+use bus::model::{Action, Command, IncidentStatus, ReportedStatus, Role, SlaState, TaskStatus, UnitStatus, new_id};
 use bus::testing::BrokerChoice;
 use bus::topics::Topic;
 use common::*;
@@ -143,14 +143,11 @@ async fn commands_are_published_keyed_by_jurisdiction_with_their_errors() {
     router.unit(&unit(&u1, "jiefangqiao", UnitStatus::Available)).await;
     let done = task(&unique("done"), &open.id, &u1, 3, TaskStatus::Cleared);
     router.task(&done).await;
+    let working = task(&unique("working"), &open.id, &u1, 2, TaskStatus::OnScene);
+    router.task(&working).await;
     let channel = format!("unit:{u1}");
-    eventually("the api to see the task", || async {
-        !ctx.store
-            .history_since(&channel, None, 10)
-            .await
-            .unwrap()
-            .entries
-            .is_empty()
+    eventually("the api to see both tasks", || async {
+        ctx.store.history_since(&channel, None, 10).await.unwrap().entries.len() >= 2
     })
     .await;
 
@@ -183,10 +180,18 @@ async fn commands_are_published_keyed_by_jurisdiction_with_their_errors() {
     )
     .await;
     assert_eq!(s, 202, "{body}");
+    let (s, body, _) = post(
+        &api,
+        &unit_token,
+        &format!("/api/v1/units/{u1}/status"),
+        &json!({"status": "cleared", "task": working.id}).to_string(),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
 
     let shutdown = CancellationToken::new();
     let mut seen = Vec::new();
-    while seen.len() < 2 {
+    while seen.len() < 3 {
         let record = tokio::time::timeout(WAIT, consumer.next(&shutdown))
             .await
             .expect("actions arrive")
@@ -205,9 +210,23 @@ async fn commands_are_published_keyed_by_jurisdiction_with_their_errors() {
             unit: u1.clone()
         }
     );
-    let (key, status) = seen.iter().find(|(_, a)| a.id != action_id).unwrap();
+    let is_cleared = |a: &Action| {
+        matches!(
+            &a.command,
+            Command::Status {
+                status: ReportedStatus::Cleared,
+                ..
+            }
+        )
+    };
+    let (key, status) = seen.iter().find(|(_, a)| a.id != action_id && !is_cleared(a)).unwrap();
     assert_eq!(key, "jiefangqiao", "keyed by the unit's jurisdiction");
     assert_eq!(status.by.unit.as_deref(), Some(u1.as_str()));
+    let (key, _) = seen.iter().find(|(_, a)| is_cleared(a)).unwrap();
+    assert_eq!(
+        key, "quancheng",
+        "progress on a task: keyed by its incident's jurisdiction"
+    );
 
     let cases: Vec<(String, &str, &str, u16, &str)> = vec![
         (
