@@ -165,24 +165,10 @@ pub async fn run(config: Config, options: BenchOptions, progress: bool) -> anyho
     let units = Units::connect(&system, &city, options.units).await?;
     bar.inc(1);
 
+    // The latency figure first, on an idle system: the search below ends
+    // by overloading it, and its backlog would count against the next
+    // phase.
     units.settle(&system, &city).await;
-    bar.set_message("searching the highest sustained rate");
-    let mut steps = Vec::new();
-    let mut best = 0;
-    for rate in [100, 250, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000] {
-        bar.set_message(format!("sustained rate: trying {rate} events/s"));
-        units.settle(&system, &city).await;
-        let step = units.run_at_rate(&system, &city, rate, STEP_SECONDS).await?;
-        let complete = step.tasks_received >= step.sent;
-        let ok = complete && step.p99_ms <= P99_LIMIT_MS;
-        steps.push(step);
-        if !ok {
-            break;
-        }
-        best = rate;
-    }
-    bar.inc(1);
-
     bar.set_message(format!("latency at {} events/s", options.rate));
     let cpu_before = system.cpu_seconds();
     let latency = units.run_at_rate(&system, &city, options.rate, options.seconds).await?;
@@ -194,6 +180,24 @@ pub async fn run(config: Config, options: BenchOptions, progress: bool) -> anyho
             (name.clone(), (after - before) * 1000.0 / latency.sent.max(1) as f64)
         })
         .collect();
+    bar.inc(1);
+
+    units.settle(&system, &city).await;
+    bar.set_message("searching the highest sustained rate");
+    let mut steps = Vec::new();
+    let mut best = 0;
+    for rate in [100, 250, 500, 750, 1000, 1250, 1500, 2000, 3000, 4000, 6000, 8000] {
+        bar.set_message(format!("sustained rate: trying {rate} events/s"));
+        units.settle(&system, &city).await;
+        let step = units.run_at_rate(&system, &city, rate, STEP_SECONDS).await?;
+        let complete = step.tasks_received >= step.sent;
+        let ok = complete && step.p99_ms <= P99_LIMIT_MS;
+        steps.push(step);
+        if !ok {
+            break;
+        }
+        best = rate;
+    }
     bar.inc(1);
 
     units.settle(&system, &city).await;
