@@ -719,12 +719,17 @@ impl Router {
             .nearest_units(lat, lon, config.search_radius_m, limit.saturating_mul(4))
             .await?;
         let tried: HashSet<&str> = incident.units.iter().map(|u| u.unit.as_str()).collect();
+        let nearby: Vec<_> = nearby
+            .into_iter()
+            .filter(|near| !tried.contains(near.unit.as_str()))
+            .collect();
+        // One Store round trip for all of them, then what this instance
+        // changed since the last settle on top.
+        let ids: Vec<String> = nearby.iter().map(|near| near.unit.clone()).collect();
+        let stored = self.store.units_by_id(&ids).await?;
         let mut candidates = Vec::new();
-        for near in nearby {
-            if tried.contains(near.unit.as_str()) {
-                continue;
-            }
-            let Some(unit) = self.unit(batch, &near.unit).await? else {
+        for (near, stored) in nearby.into_iter().zip(stored) {
+            let Some(unit) = self.staged_unit(batch, &near.unit).or(stored) else {
                 continue;
             };
             if unit.status != UnitStatus::Available || unit_type.is_some_and(|t| t != unit.unit_type) {
@@ -788,13 +793,21 @@ impl Router {
     }
 
     async fn unit(&self, batch: &Batch, id: &str) -> Result<Option<Unit>, StoreError> {
-        if let Some(u) = batch.units.iter().find(|u| u.id == id) {
-            return Ok(Some(u.clone()));
+        match self.staged_unit(batch, id) {
+            Some(unit) => Ok(Some(unit)),
+            None => self.store.unit(id).await,
         }
-        if let Some(u) = self.unsettled.units.get(id) {
-            return Ok(Some(u.clone()));
-        }
-        self.store.unit(id).await
+    }
+
+    /// The unit as this batch or an unsettled one left it, if either
+    /// changed it: newer than the Store's copy.
+    fn staged_unit(&self, batch: &Batch, id: &str) -> Option<Unit> {
+        batch
+            .units
+            .iter()
+            .find(|u| u.id == id)
+            .or_else(|| self.unsettled.units.get(id))
+            .cloned()
     }
 
     /// A unit just claimed in the Store, over the copy this instance

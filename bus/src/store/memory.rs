@@ -322,6 +322,11 @@ impl Store for MemoryStore {
         Ok(lock(&self.units).get(id).cloned())
     }
 
+    async fn units_by_id(&self, ids: &[String]) -> StoreResult<Vec<Option<Unit>>> {
+        let units = lock(&self.units);
+        Ok(ids.iter().map(|id| units.get(id).cloned()).collect())
+    }
+
     async fn units(&self) -> StoreResult<Vec<Unit>> {
         Ok(lock(&self.units).values().cloned().collect())
     }

@@ -106,6 +106,9 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::nearest_units`].
     async fn put_unit(&self, unit: &Unit) -> StoreResult<()>;
     async fn unit(&self, id: &str) -> StoreResult<Option<Unit>>;
+    /// The units with these ids in the order asked (`None` for an unknown
+    /// id), in one round trip: dispatch reads a few dozen candidates.
+    async fn units_by_id(&self, ids: &[String]) -> StoreResult<Vec<Option<Unit>>>;
     async fn units(&self) -> StoreResult<Vec<Unit>>;
     /// Units within `radius_m` of the point, nearest first, at most `limit`,
     /// whatever their status.

@@ -104,7 +104,10 @@ local id = redis.call('XADD', KEYS[1], '*', 'p', ARGV[1])
 local trimmed = false
 local ms = tonumber(string.match(id, '^(%d+)-'))
 local cutoff = ms - tonumber(ARGV[3])
-if cutoff > 0 then
+-- XREVRANGE from a point older than every entry walks the whole stream
+-- (milliseconds at 10,000 entries), so look at the oldest entry first.
+local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if cutoff > 0 and #oldest > 0 and tonumber(string.match(oldest[1][1], '^(%d+)-')) < cutoff then
   local min_id = string.format('%.0f', cutoff) .. '-0'
   local older = redis.call('XREVRANGE', KEYS[1], '(' .. min_id, '-', 'COUNT', 1)
   if #older > 0 then
@@ -373,6 +376,18 @@ impl Store for RedisStore {
         let key = self.unit_key(id);
         let reply = self.query(&key, redis::cmd("GET").arg(&key)).await?;
         bytes(reply, &key)?.map(|raw| from_json(&raw, &key)).transpose()
+    }
+
+    async fn units_by_id(&self, ids: &[String]) -> StoreResult<Vec<Option<Unit>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.unit_key(id)).collect();
+        let reply = self.query(&keys[0], redis::cmd("MGET").arg(&keys)).await?;
+        keys.iter()
+            .zip(items(reply, &keys[0])?)
+            .map(|(key, reply)| bytes(reply, key)?.map(|raw| from_json(&raw, key)).transpose())
+            .collect()
     }
 
     async fn units(&self) -> StoreResult<Vec<Unit>> {

@@ -256,6 +256,13 @@ pub async fn units(store: &dyn Store) {
     assert_eq!(store.unit("units-a").await.unwrap(), Some(with_position.clone()));
     assert_eq!(store.unit("units-b").await.unwrap(), Some(without_position.clone()));
     assert_eq!(store.unit("units-unknown").await.unwrap(), None);
+    let ids = ["units-b", "units-unknown", "units-a"].map(str::to_owned);
+    assert_eq!(
+        store.units_by_id(&ids).await.unwrap(),
+        vec![Some(without_position.clone()), None, Some(with_position.clone())],
+        "units_by_id() in the order asked, None for an unknown id"
+    );
+    assert_eq!(store.units_by_id(&[]).await.unwrap(), Vec::new());
 
     let listed: Vec<Unit> = store
         .units()
