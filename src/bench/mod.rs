@@ -15,6 +15,7 @@ mod ceilings;
 mod system;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -312,6 +313,9 @@ type Pending = Arc<Mutex<HashMap<String, Instant>>>;
 struct Units {
     pending: Pending,
     latencies: Arc<Mutex<Vec<f64>>>,
+    /// Tasks any unit received so far, old or new: still moving while a
+    /// backlog drains.
+    tasks_seen: Arc<AtomicU64>,
     _tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -319,6 +323,7 @@ impl Units {
     async fn connect(system: &System, city: &City, count: usize) -> anyhow::Result<Units> {
         let pending: Pending = Arc::default();
         let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+        let tasks_seen: Arc<AtomicU64> = Arc::default();
         let mut tasks = Vec::with_capacity(count);
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(count.max(1));
         for i in 0..count {
@@ -328,9 +333,10 @@ impl Units {
             let (lat, lon) = city.point();
             let pending = pending.clone();
             let latencies = latencies.clone();
+            let seen = tasks_seen.clone();
             let ready = ready_tx.clone();
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = unit_loop(&url, &id, lat, lon, pending, latencies, ready).await {
+                if let Err(e) = unit_loop(&url, &id, (lat, lon), pending, latencies, seen, ready).await {
                     tracing::warn!(unit = %id, error = %format!("{e:#}"), "bench unit stopped");
                 }
             }));
@@ -347,6 +353,7 @@ impl Units {
         Ok(Units {
             pending,
             latencies,
+            tasks_seen,
             _tasks: tasks,
         })
     }
@@ -422,8 +429,10 @@ impl Units {
 
 impl Units {
     /// Waits until the pipeline has caught up: a probe event's task reaches
-    /// a unit. Each phase then starts on an idle system, not on the
-    /// backlog of the one before.
+    /// a unit, and then no task at all arrives for a second (incidents
+    /// still waiting for a unit after an overload get theirs first). Each
+    /// phase then starts on an idle system, not on the backlog of the one
+    /// before. At most 30 s.
     async fn settle(&self, system: &System, city: &City) -> bool {
         let (lat, lon) = city.point();
         let key = location_key(lat, lon);
@@ -447,12 +456,25 @@ impl Units {
                 .unwrap_or_else(|e| e.into_inner())
                 .contains_key(&key)
             {
-                self.latencies.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                return true;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        false
+        let mut seen = self.tasks_seen.load(Ordering::Relaxed);
+        let drained = loop {
+            if Instant::now() >= deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now_seen = self.tasks_seen.load(Ordering::Relaxed);
+            if now_seen == seen {
+                break true;
+            }
+            seen = now_seen;
+        };
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.latencies.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        drained
     }
 }
 
@@ -474,10 +496,10 @@ fn event_json(kind: &str, lat: f64, lon: f64) -> String {
 async fn unit_loop(
     url: &str,
     id: &str,
-    lat: f64,
-    lon: f64,
+    (lat, lon): (f64, f64),
     pending: Pending,
     latencies: Arc<Mutex<Vec<f64>>>,
+    seen: Arc<AtomicU64>,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<()> {
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
@@ -498,6 +520,7 @@ async fn unit_loop(
         if msg["type"] != "push" || msg["kind"] != "task" || msg["data"]["status"] != "issued" {
             continue;
         }
+        seen.fetch_add(1, Ordering::Relaxed);
         let data = &msg["data"];
         if let (Some(tlat), Some(tlon)) = (data["location"]["lat"].as_f64(), data["location"]["lon"].as_f64())
             && let Some(sent) = pending
