@@ -8,9 +8,10 @@
 //! `REBALANCE_IN_PROGRESS` once, but the group stays formed with the old
 //! generation and stored assignments: the survivor rejoins, is given its
 //! old partitions back (or, when the dead member led the group, none), and
-//! the dead member's partitions are never consumed again. A `LeaveGroup` does reset the group (new generation, no stale
-//! leader), so leaving and joining again makes the survivor the leader of a
-//! group of one, and the range assignor gives it every partition.
+//! the dead member's partitions are never consumed again. A `LeaveGroup`
+//! does reset the group (new generation, no stale leader), so leaving and
+//! joining again makes the survivor the leader of a group of one, and the
+//! range assignor gives it every partition.
 //!
 //! The check, every [`interval`]: the coordinator lists exactly one member
 //! in the group, that member is this consumer, and this consumer owns fewer
