@@ -153,7 +153,7 @@ async fn a_p1_short_of_reinforcements_gets_them_when_a_unit_frees_up() {
 }
 
 #[tokio::test]
-async fn a_freed_unit_goes_to_the_most_urgent_waiting_incident_and_a_backlog_is_retried_a_few_at_a_time() {
+async fn a_freed_unit_goes_to_the_most_urgent_waiting_incident_and_an_idle_tick_changes_nothing() {
     let ctx = ctx("router-backlog").await;
     let mut r = router(&ctx);
     // Ten thefts, then a robbery, all waiting: no unit is on duty.
@@ -210,8 +210,7 @@ async fn a_freed_unit_goes_to_the_most_urgent_waiting_incident_and_a_backlog_is_
     );
     assert_eq!(unit_state(&ctx, "u-1").await.status, UnitStatus::Assigned);
 
-    // With no unit freed, a tick retries only a few of the waiting: the
-    // ones not retried yet come first, so every one gets its turn.
+    // With no unit freed, a tick finds nothing to give and changes nothing.
     let versions = |open: &[bus::model::Incident]| open.iter().map(|i| (i.id.clone(), i.version)).collect::<Vec<_>>();
     let before = versions(&ctx.store.open_incidents().await.unwrap());
     r.tick(secs(t0(), 32)).await.unwrap();
