@@ -74,6 +74,8 @@ pub struct KafkaConfig {
     pub partitions: i32,
     pub replication: i32,
     pub linger_ms: u64,
+    /// Longest a broker may hold a fetch that finds no record.
+    pub fetch_wait_max_ms: u64,
     pub delivery_timeout_ms: u64,
     pub group_prefix: String,
     pub session_timeout_ms: u64,
@@ -349,6 +351,12 @@ impl Config {
                     "{} must be below kafka.session_timeout_ms ({}), or the group rebalances while draining",
                     k.drain_timeout_ms, k.session_timeout_ms
                 ),
+            ));
+        }
+        if k.fetch_wait_max_ms < 1 {
+            return Err(invalid(
+                "kafka.fetch_wait_max_ms",
+                "must be at least 1: 0 makes every idle consumer poll in a busy loop",
             ));
         }
         if k.embedded_brokers < 1 {
@@ -627,6 +635,11 @@ mod tests {
         let path = write_temp("[kafka]\ndrain_timeout_ms = 20000\nsession_timeout_ms = 10000\n");
         let err = load(Some(&path), &[]).unwrap_err().to_string();
         assert!(err.contains("kafka.drain_timeout_ms"), "{err}");
+
+        let err = load(None, &[("QZX_KAFKA__FETCH_WAIT_MAX_MS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.fetch_wait_max_ms"), "{err}");
 
         let err = load(None, &[("QZX_CITY__FALLBACK_JURISDICTION", "atlantis")])
             .unwrap_err()

@@ -110,8 +110,6 @@ impl std::fmt::Debug for Consumer {
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
-/// Longest a broker may hold an empty fetch.
-const FETCH_WAIT_MS: u64 = 10;
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Consumer {
@@ -146,7 +144,7 @@ impl Consumer {
             // but a broker may hold it for this long when the partition is
             // empty (the mock cluster does): 500 ms by default, per hop. A
             // task must not wait for that.
-            .set("fetch.wait.max.ms", FETCH_WAIT_MS.to_string())
+            .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
             .set("session.timeout.ms", config.session_timeout_ms.to_string())
             .set(
                 "heartbeat.interval.ms",
