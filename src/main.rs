@@ -6,6 +6,11 @@
 mod bench;
 mod serve;
 
+/// mimalloc rather than glibc's malloc: under load, allocation and freeing
+/// took a fifth of the system's CPU, and `malloc_consolidate` alone 3 %.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
