@@ -33,7 +33,10 @@ pub(super) const CLOSED_INCIDENT_TTL: Duration = Duration::from_secs(7 * 24 * 36
 /// `Instant + Duration` would panic.
 const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-/// Expired entries are swept once every this many writes to a map.
+/// Expired entries are swept once every this many writes to a map, or once
+/// every as many writes as the last sweep left entries if that is more: a
+/// sweep reads every entry, so its cost per write stays constant however
+/// many live entries (a day of idempotency keys) the map holds.
 const SWEEP_EVERY: u64 = 1024;
 
 /// The TTL both stores really apply: at least a millisecond (Redis rejects
@@ -164,6 +167,9 @@ struct ExpiringMap<K, V> {
     entries: HashMap<K, Expiring<V>>,
     /// Writes since the last sweep of expired entries.
     writes: u64,
+    /// Writes between sweeps: the entries the last sweep left, at least
+    /// [`SWEEP_EVERY`].
+    sweep_after: u64,
 }
 
 impl<K: std::hash::Hash + Eq, V> ExpiringMap<K, V> {
@@ -171,6 +177,7 @@ impl<K: std::hash::Hash + Eq, V> ExpiringMap<K, V> {
         ExpiringMap {
             entries: HashMap::new(),
             writes: 0,
+            sweep_after: SWEEP_EVERY,
         }
     }
 
@@ -192,9 +199,10 @@ impl<K: std::hash::Hash + Eq, V> ExpiringMap<K, V> {
 
     fn insert(&mut self, key: K, value: V, expires: Option<Instant>, now: Instant) {
         self.writes += 1;
-        if self.writes >= SWEEP_EVERY {
+        if self.writes >= self.sweep_after {
             self.writes = 0;
             self.entries.retain(|_, e| e.live(now));
+            self.sweep_after = SWEEP_EVERY.max(self.entries.len() as u64);
         }
         self.entries.insert(key, Expiring { value, expires });
     }
@@ -537,6 +545,28 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expired_entries_are_swept_and_live_ones_kept() {
+        let start = Instant::now();
+        let mut map = ExpiringMap::new();
+        // 5,000 entries that expire after a second, 5,000 that live on.
+        for i in 0..5_000u32 {
+            map.insert(format!("short-{i}"), i, Some(start + Duration::from_secs(1)), start);
+            map.insert(format!("long-{i}"), i, None, start);
+        }
+        let later = start + Duration::from_secs(2);
+        for i in 0..10_000u32 {
+            map.insert(format!("new-{i}"), i, None, later);
+        }
+        assert!(
+            !map.entries.keys().any(|k| k.starts_with("short-")),
+            "expired entries were never swept"
+        );
+        assert_eq!(map.live_values(later).count(), 15_000);
+        assert_eq!(map.get("long-4999", later), Some(&4999));
+        assert_eq!(map.get("short-1", later), None);
+    }
 
     #[test]
     fn cursors_compare_as_numbers_not_strings() {
