@@ -1,8 +1,8 @@
 //! Ceilings: what the parts qzx is built on can do on this machine, in the
 //! same run, with the same payloads — a bare rdkafka producer and consumer
-//! on the same broker, Redis round trips, and a bare WebSocket broadcast.
-//! Pipeline figures are reported as a share of these. Nothing here touches
-//! qzx's own services.
+//! on the same broker, a bare HTTP-to-Kafka relay, Redis round trips, and a
+//! bare WebSocket broadcast. Pipeline figures are reported as a share of
+//! these. Nothing here touches qzx's own services.
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,19 @@ impl Throughput {
     }
 }
 
+/// The settings qzx's producer uses that matter for speed.
+fn producer_config(bootstrap: &str, linger_ms: u64) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", bus::kafka::PARTITIONER)
+        .set("linger.ms", linger_ms.to_string())
+        .set("log_level", "3");
+    config
+}
+
 /// Produces `count` copies of `payload` with the settings qzx's producer
 /// uses (idempotent, `acks=all`, the same linger), all in flight at once.
 pub async fn raw_produce(
@@ -43,15 +56,17 @@ pub async fn raw_produce(
     count: u64,
     linger_ms: u64,
 ) -> anyhow::Result<Throughput> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("partitioner", bus::kafka::PARTITIONER)
-        .set("linger.ms", linger_ms.to_string())
-        .set("log_level", "3")
+    let producer: FutureProducer = producer_config(bootstrap, linger_ms)
         .create()
         .context("creating the ceiling producer")?;
+    // The first send waits for metadata and a producer id: not throughput.
+    producer
+        .send(
+            FutureRecord::to(topic).key("warm-up").payload(payload),
+            Timeout::After(Duration::from_secs(30)),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("ceiling produce failed: {e}"))?;
     let started = Instant::now();
     let sends = (0..count).map(|i| {
         let key = format!("k{}", i % 64);
@@ -73,6 +88,59 @@ pub async fn raw_produce(
         anyhow::bail!("ceiling produce failed: {e}");
     }
     Ok(Throughput::new(count, elapsed))
+}
+
+/// A bare HTTP-to-Kafka relay: an axum handler that produces each line of
+/// the request body to a topic with qzx's producer settings and answers 202
+/// once every ack is in. No validation, idempotency, metrics or consumers:
+/// what any ingest on this machine and broker pays before doing its own
+/// work. Served from this process; the bench drives it with the client the
+/// ingest figures use, so the two compare like for like. Stops on drop.
+pub struct HttpRelay {
+    pub url: String,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+type RelayState = std::sync::Arc<(FutureProducer, String)>;
+
+impl HttpRelay {
+    pub async fn start(bootstrap: &str, topic: &str, linger_ms: u64) -> anyhow::Result<HttpRelay> {
+        let producer: FutureProducer = producer_config(bootstrap, linger_ms)
+            .create()
+            .context("creating the relay producer")?;
+        let state: RelayState = std::sync::Arc::new((producer, topic.to_owned()));
+        let app = axum::Router::new()
+            .route("/v1/events", axum::routing::post(relay))
+            .with_state(state);
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/v1/events", listener.local_addr()?);
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(HttpRelay { url, server })
+    }
+}
+
+impl Drop for HttpRelay {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn relay(
+    axum::extract::State(state): axum::extract::State<RelayState>,
+    body: axum::body::Bytes,
+) -> axum::http::StatusCode {
+    let (producer, topic) = &*state;
+    let sends = body.split(|b| *b == b'\n').filter(|line| !line.is_empty()).map(|line| {
+        producer.send(
+            FutureRecord::<(), [u8]>::to(topic).payload(line),
+            Timeout::After(Duration::from_secs(30)),
+        )
+    });
+    if futures::future::join_all(sends).await.iter().all(Result::is_ok) {
+        axum::http::StatusCode::ACCEPTED
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 /// Reads `count` records of `topic` from the beginning with a bare consumer.

@@ -69,6 +69,9 @@ pub struct Machine {
 pub struct Ceilings {
     pub raw_produce: Throughput,
     pub raw_consume: Throughput,
+    /// A bare HTTP-to-Kafka relay under the ingest figures' loads.
+    pub http_relay_single_event_requests: Throughput,
+    pub http_relay_ndjson_batches_of_500: Throughput,
     pub redis: Option<RoundTrips>,
     pub ws_broadcast: Throughput,
     pub payload_bytes: usize,
@@ -103,6 +106,8 @@ pub struct IngestReport {
     pub ndjson_batches_of_500: Throughput,
     pub single_share_of_raw_produce: f64,
     pub batch_share_of_raw_produce: f64,
+    pub single_share_of_http_relay: f64,
+    pub batch_share_of_http_relay: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -116,6 +121,21 @@ pub struct WsReport {
 
 const P99_LIMIT_MS: f64 = 100.0;
 const STEP_SECONDS: u64 = 3;
+const INGEST_SECONDS: Duration = Duration::from_secs(5);
+
+/// A closed-loop ingest load: `workers` connections, each posting `batch`
+/// events per request and sending the next request when the answer comes.
+#[derive(Debug, Clone, Copy)]
+struct ClosedLoop {
+    batch: usize,
+    workers: usize,
+}
+
+/// One event per request: many sources at once, as a command centre's
+/// call intake, sensor gateways and partner systems are.
+const SINGLE: ClosedLoop = ClosedLoop { batch: 1, workers: 128 };
+/// NDJSON batches of 500 from a few bulk senders.
+const BATCHED: ClosedLoop = ClosedLoop { batch: 500, workers: 4 };
 
 pub async fn run(config: Config, options: BenchOptions, progress: bool) -> anyhow::Result<Report> {
     let bar = if progress {
@@ -135,17 +155,28 @@ pub async fn run(config: Config, options: BenchOptions, progress: bool) -> anyho
     bar.inc(1);
 
     bar.set_message("measuring ceilings");
+    let city = City::new(&config, options.seed);
     let payload = sample_payload(&config);
     let ceiling_topic = system.ceiling_topic().await?;
+    // Best of three: one run takes a tenth of a second, so a single hiccup
+    // of the machine would halve it. 60,000 records of ~430 bytes over six
+    // partitions stay within what the embedded broker keeps (5 MB each) for
+    // the consume ceiling to read back.
     let produce_count = 20_000;
-    let raw_produce = ceilings::raw_produce(
-        &system.bootstrap,
-        &ceiling_topic,
-        &payload,
-        produce_count,
-        config.kafka.linger_ms,
-    )
-    .await?;
+    let mut raw_produce = ceilings::Throughput::new(0, Duration::ZERO);
+    for _ in 0..3 {
+        let run = ceilings::raw_produce(
+            &system.bootstrap,
+            &ceiling_topic,
+            &payload,
+            produce_count,
+            config.kafka.linger_ms,
+        )
+        .await?;
+        if run.per_second > raw_produce.per_second {
+            raw_produce = run;
+        }
+    }
     let raw_consume = ceilings::raw_consume(
         &system.bootstrap,
         &ceiling_topic,
@@ -157,12 +188,16 @@ pub async fn run(config: Config, options: BenchOptions, progress: bool) -> anyho
         Some(url) => Some(ceilings::redis_round_trips(url, 5_000).await?),
         None => None,
     };
+    let relay = ceilings::HttpRelay::start(&system.bootstrap, &ceiling_topic, config.kafka.linger_ms).await?;
+    let relay_single = ingest_throughput(&system.http, relay.url.clone(), &system.source_token, &city, SINGLE).await?;
+    let relay_batched =
+        ingest_throughput(&system.http, relay.url.clone(), &system.source_token, &city, BATCHED).await?;
+    drop(relay);
     let push_sample = String::from_utf8_lossy(&payload).into_owned();
     let ws_broadcast = ceilings::ws_broadcast(200, 200, &push_sample).await?;
     bar.inc(1);
 
     bar.set_message("connecting units");
-    let city = City::new(&config, options.seed);
     let units = Units::connect(&system, &city, options.units).await?;
     bar.inc(1);
 
@@ -208,8 +243,10 @@ pub async fn run(config: Config, options: BenchOptions, progress: bool) -> anyho
 
     units.settle(&system, &city).await;
     bar.set_message("ingest throughput");
-    let single = ingest_throughput(&system, &city, 1, 32, 5).await?;
-    let batched = ingest_throughput(&system, &city, 500, 4, 5).await?;
+    let ingest_url = system.ingest_url("/v1/events");
+    let token = &system.source_token;
+    let single = ingest_throughput(&system.http, ingest_url.clone(), token, &city, SINGLE).await?;
+    let batched = ingest_throughput(&system.http, ingest_url, token, &city, BATCHED).await?;
     bar.inc(1);
     bar.finish_and_clear();
 
@@ -221,6 +258,8 @@ pub async fn run(config: Config, options: BenchOptions, progress: bool) -> anyho
         ceilings: Ceilings {
             raw_produce,
             raw_consume,
+            http_relay_single_event_requests: relay_single.clone(),
+            http_relay_ndjson_batches_of_500: relay_batched.clone(),
             redis,
             ws_broadcast,
             payload_bytes: payload.len(),
@@ -234,6 +273,8 @@ pub async fn run(config: Config, options: BenchOptions, progress: bool) -> anyho
         ingest: IngestReport {
             single_share_of_raw_produce: single.per_second / produce,
             batch_share_of_raw_produce: batched.per_second / produce,
+            single_share_of_http_relay: single.per_second / relay_single.per_second.max(1.0),
+            batch_share_of_http_relay: batched.per_second / relay_batched.per_second.max(1.0),
             single_event_requests: single,
             ndjson_batches_of_500: batched,
         },
@@ -241,6 +282,7 @@ pub async fn run(config: Config, options: BenchOptions, progress: bool) -> anyho
         cpu_seconds_per_1000_events,
         router_ms_per_record: system.router_ms_per_record().await,
     };
+    drop(units);
     system.stop().await;
     Ok(report)
 }
@@ -316,7 +358,17 @@ struct Units {
     /// Tasks any unit received so far, old or new: still moving while a
     /// backlog drains.
     tasks_seen: Arc<AtomicU64>,
-    _tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Units {
+    /// The terminals go off duty before the system stops, so its shutdown
+    /// is not reported as a dropped connection.
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 impl Units {
@@ -354,7 +406,7 @@ impl Units {
             pending,
             latencies,
             tasks_seen,
-            _tasks: tasks,
+            tasks,
         })
     }
 
@@ -549,21 +601,22 @@ async fn unit_loop(
 
 /// Closed-loop ingest throughput: `workers` keep-alive connections posting
 /// `batch` non-police events per request (diverted by the router, so no
-/// dispatch work is mixed in) for `seconds`.
+/// dispatch work is mixed in) to `url` for `INGEST_SECONDS`.
 async fn ingest_throughput(
-    system: &System,
+    http: &reqwest::Client,
+    url: String,
+    token: &str,
     city: &City,
-    batch: usize,
-    workers: usize,
-    seconds: u64,
+    load: ClosedLoop,
 ) -> anyhow::Result<Throughput> {
-    let stop_at = Instant::now() + Duration::from_secs(seconds);
+    let ClosedLoop { batch, workers } = load;
+    let stop_at = Instant::now() + INGEST_SECONDS;
     let started = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..workers {
-        let client = system.http.clone();
-        let url = system.ingest_url("/v1/events");
-        let token = system.source_token.clone();
+        let client = http.clone();
+        let url = url.clone();
+        let token = token.to_owned();
         let places: Vec<(f64, f64)> = (0..8).map(|_| city.point()).collect();
         handles.push(tokio::spawn(async move {
             let mut accepted = 0u64;
@@ -744,6 +797,16 @@ pub fn print_table(r: &Report) {
         rate(r.ceilings.raw_consume.per_second),
         String::new(),
     );
+    row(
+        "ceiling: bare HTTP→Kafka relay, one event per request",
+        rate(r.ceilings.http_relay_single_event_requests.per_second),
+        share(r.ceilings.http_relay_single_event_requests.per_second / r.ceilings.raw_produce.per_second),
+    );
+    row(
+        "ceiling: bare HTTP→Kafka relay, NDJSON batches of 500",
+        rate(r.ceilings.http_relay_ndjson_batches_of_500.per_second),
+        share(r.ceilings.http_relay_ndjson_batches_of_500.per_second / r.ceilings.raw_produce.per_second),
+    );
     if let Some(redis) = &r.ceilings.redis {
         row(
             "ceiling: redis round trips (PING)",
@@ -788,9 +851,19 @@ pub fn print_table(r: &Report) {
         share(r.ingest.single_share_of_raw_produce),
     );
     row(
+        "  the same, as a share of the bare relay",
+        String::new(),
+        share(r.ingest.single_share_of_http_relay),
+    );
+    row(
         "ingest, NDJSON batches of 500",
         rate(r.ingest.ndjson_batches_of_500.per_second),
         share(r.ingest.batch_share_of_raw_produce),
+    );
+    row(
+        "  the same, as a share of the bare relay",
+        String::new(),
+        share(r.ingest.batch_share_of_http_relay),
     );
     row(
         &format!("websocket: idle connections held ({} asked)", r.websocket.connections),

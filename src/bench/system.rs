@@ -160,18 +160,30 @@ impl System {
         format!("http://{}{path}", self.ingest_addr)
     }
 
-    /// CPU seconds (user + system) used so far by each service process.
-    /// CPU seconds used so far by each service process, and by this one
-    /// as `bench`: the load generator, plus the embedded broker when it
-    /// runs here. On a shared machine they compete for the same cores.
+    /// CPU seconds used so far by each service process; by the embedded
+    /// broker's thread, when it runs in this process, as `embedded broker`;
+    /// and by the rest of this process (the load generator) as `bench`. On
+    /// a shared machine they all compete for the same cores.
     pub fn cpu_seconds(&self) -> HashMap<String, f64> {
         let mut seconds: HashMap<String, f64> = self
             .services
             .iter()
-            .filter_map(|s| Some((s.name.to_owned(), proc_cpu_seconds(s.child.id()?)?)))
+            .filter_map(|s| {
+                Some((
+                    s.name.to_owned(),
+                    proc_cpu_seconds(&format!("/proc/{}", s.child.id()?))?,
+                ))
+            })
             .collect();
-        if let Some(own) = proc_cpu_seconds(std::process::id()) {
-            seconds.insert("bench".to_owned(), own);
+        let broker = match self.embedded {
+            Some(_) => mock_thread_cpu_seconds(),
+            None => None,
+        };
+        if let Some(own) = proc_cpu_seconds("/proc/self") {
+            seconds.insert("bench".to_owned(), own - broker.unwrap_or(0.0));
+        }
+        if let Some(broker) = broker {
+            seconds.insert("embedded broker".to_owned(), broker);
         }
         seconds
     }
@@ -254,8 +266,23 @@ async fn wait_ready(http: &reqwest::Client, addr: SocketAddr, name: &str) -> any
     bail!("qzx {name} on {addr} did not become ready within 60 s")
 }
 
-fn proc_cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// The mock cluster's thread in this process (librdkafka names it `rdk:mock`):
+/// it serves every request the embedded broker gets.
+fn mock_thread_cpu_seconds() -> Option<f64> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    let mut seconds = None;
+    for task in tasks.flatten() {
+        let path = task.path();
+        if std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim() == "rdk:mock") {
+            *seconds.get_or_insert(0.0) += proc_cpu_seconds(&path.to_string_lossy()).unwrap_or(0.0);
+        }
+    }
+    seconds
+}
+
+/// User and system CPU seconds of a process or thread, from `<dir>/stat`.
+fn proc_cpu_seconds(dir: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are the
     // 14th and 15th fields of the whole line.
     let rest = stat.rsplit_once(')')?.1;
