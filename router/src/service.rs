@@ -1817,27 +1817,38 @@ impl Router {
     }
 
     /// Writes published outputs to the Store. Each write is idempotent,
-    /// so a retry after a partial failure repeats them all.
+    /// so a retry after a partial failure repeats them all. The writes of
+    /// one phase go out together (one pipeline on Redis, not a round trip
+    /// each); the applied markers go last, so a crash between the phases
+    /// leaves records to be applied again, never state marked applied but
+    /// not written.
     async fn write_unsettled(&self) -> anyhow::Result<()> {
         let unsettled = &self.unsettled;
+        let store = &*self.store;
+        let mut state: Vec<futures::future::BoxFuture<'_, anyhow::Result<()>>> = Vec::new();
         for i in unsettled.incidents.values() {
-            self.store.put_incident(i).await?;
+            state.push(Box::pin(async move { Ok(store.put_incident(i).await?) }));
         }
         for t in unsettled.tasks.values() {
             let json = serde_json::to_string(t)?;
-            self.store.set_key(&task_key(&t.id), &json, TASK_TTL).await?;
+            state.push(Box::pin(async move {
+                Ok(store.set_key(&task_key(&t.id), &json, TASK_TTL).await?)
+            }));
         }
         for u in unsettled.units.values() {
-            self.store.put_unit(u).await?;
+            state.push(Box::pin(async move { Ok(store.put_unit(u).await?) }));
         }
         for (identifier, incident) in &unsettled.caprefs {
-            self.store
-                .set_key(&capref_key(identifier), incident, CAPREF_TTL)
-                .await?;
+            state.push(Box::pin(async move {
+                Ok(store.set_key(&capref_key(identifier), incident, CAPREF_TTL).await?)
+            }));
         }
-        for id in &unsettled.applied {
-            self.store.set_key(&applied_key(id), "1", APPLIED_TTL).await?;
-        }
+        futures::future::try_join_all(state).await?;
+        let applied = unsettled
+            .applied
+            .iter()
+            .map(|id| async move { store.set_key(&applied_key(id), "1", APPLIED_TTL).await });
+        futures::future::try_join_all(applied).await?;
         Ok(())
     }
 }
