@@ -239,6 +239,10 @@ pub struct Router {
     tasks: HashMap<String, Task>,
     recent: HashSet<String>,
     recent_order: VecDeque<String>,
+    /// Whether the Store marks a record id applied, read for a whole batch
+    /// in one round trip by `handle_all` (ids are the records' CloudEvents
+    /// ids) and dropped when it returns.
+    prefetched: HashMap<String, bool>,
     /// Units this instance made available since the last tick.
     freed: usize,
     /// When the clock last retried dispatch for a waiting incident.
@@ -269,6 +273,7 @@ impl Router {
             tasks: HashMap::new(),
             recent: HashSet::new(),
             recent_order: VecDeque::new(),
+            prefetched: HashMap::new(),
             freed: 0,
             retried: HashMap::new(),
             unsettled: Unsettled::default(),
@@ -331,6 +336,7 @@ impl Router {
         let failed = |handled, source| BatchError { handled, source };
         // Outputs of an earlier call whose Store write failed come first.
         self.settle().await.map_err(|e| failed(0, e.into()))?;
+        self.prefetch_applied(records).await;
         let mut staged = 0;
         let mut result = Ok(());
         for record in records {
@@ -340,6 +346,7 @@ impl Router {
             }
             staged += 1;
         }
+        self.prefetched.clear();
         metrics::histogram!(bus::metrics::ROUTER_BATCH_RECORDS).record(staged as f64);
         match self.settle().await {
             Ok(()) => result.map_err(|e| failed(staged, e)),
@@ -397,14 +404,15 @@ impl Router {
     /// system wrote to the topic directly (validated and normalised here).
     /// The event and whether it was normalised here.
     fn parse_event(&self, record: &Received, now: Timestamp) -> Result<(Event, bool), Vec<FieldError>> {
-        let value: Value = serde_json::from_slice(&record.payload)
-            .map_err(|e| vec![FieldError::new("", format!("not valid JSON: {e}"))])?;
-        if let Ok(event) = serde_json::from_value::<Event>(value.clone())
+        // Straight to the type: what ingest writes, nearly every record.
+        if let Ok(event) = serde_json::from_slice::<Event>(&record.payload)
             && !event.id.is_empty()
             && !event.jurisdiction.is_empty()
         {
             return Ok((event, false));
         }
+        let value: Value = serde_json::from_slice(&record.payload)
+            .map_err(|e| vec![FieldError::new("", format!("not valid JSON: {e}"))])?;
         let input = validate_input(&value, &self.rules, None, now)?;
         let mut event = normalise(input, self.engine.city(), now);
         // A stable id, so a replay of this record is recognised.
@@ -453,7 +461,28 @@ impl Router {
         if self.recent.contains(id) {
             return Ok(true);
         }
+        if let Some(&applied) = self.prefetched.get(id) {
+            return Ok(applied);
+        }
         Ok(self.store.get_key(&applied_key(id)).await?.is_some())
+    }
+
+    /// Reads the applied markers of a batch's records in one round trip,
+    /// by their CloudEvents ids: what ingest and the api write as the
+    /// event's or command's own id. A record whose id differs (a source
+    /// system's raw event) is looked up on its own. Best effort: on a Store
+    /// error each record asks again.
+    async fn prefetch_applied(&mut self, records: &[Received]) {
+        let ids: Vec<String> = records
+            .iter()
+            .filter_map(|r| r.ce.as_ref().ok())
+            .map(|ce| ce.id.clone())
+            .filter(|id| !id.is_empty() && !self.recent.contains(id))
+            .collect();
+        let keys: Vec<String> = ids.iter().map(|id| applied_key(id)).collect();
+        if let Ok(values) = self.store.get_keys(&keys).await {
+            self.prefetched = ids.into_iter().zip(values).map(|(id, v)| (id, v.is_some())).collect();
+        }
     }
 
     /// Forgets ids whose outputs were not published, so their records

@@ -176,3 +176,27 @@ async fn a_failed_publish_undoes_the_batch_and_the_retry_applies_each_record_onc
     r.handle_all(&batch, t0()).await.unwrap();
     assert_eq!(ctx.store.open_incidents().await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn a_batch_redelivered_to_a_restarted_router_changes_nothing() {
+    let ctx = ctx("router-batch-redelivered").await;
+    unit(&ctx, "u-1", UnitType::PatrolCar, LAT + 0.001, LON).await;
+    unit(&ctx, "u-2", UnitType::PatrolCar, LAT + 0.002, LON).await;
+    let theft = event(&ctx, Source::Call110, "theft", "电动车被盗", LAT, LON, t0());
+    let fight = event(&ctx, Source::Call110, "fight", "两人打架", LAT + 0.01, LON, t0());
+    let batch = [event_record(&ctx, &theft), event_record(&ctx, &fight)];
+    router(&ctx).handle_all(&batch, t0()).await.unwrap();
+    let before = ctx.store.open_incidents().await.unwrap();
+    assert_eq!(before.len(), 2);
+    let tasks_before = [unit_state(&ctx, "u-1").await.task, unit_state(&ctx, "u-2").await.task];
+    assert!(tasks_before.iter().all(Option::is_some), "both units tasked");
+
+    // A new instance, remembering nothing, gets the same records again: a
+    // crash after the Store write but before the offsets were committed.
+    // The Store's applied markers (read for the batch at once) stop them.
+    router(&ctx).handle_all(&batch, secs(t0(), 5)).await.unwrap();
+    let after = ctx.store.open_incidents().await.unwrap();
+    assert_eq!(after, before, "no incident created or changed again");
+    let tasks_after = [unit_state(&ctx, "u-1").await.task, unit_state(&ctx, "u-2").await.task];
+    assert_eq!(tasks_after, tasks_before, "each unit keeps its one task");
+}

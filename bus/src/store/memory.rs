@@ -316,6 +316,12 @@ impl Store for MemoryStore {
         Ok(lock(&self.keys).get(key, Instant::now()).cloned())
     }
 
+    async fn get_keys(&self, keys: &[String]) -> StoreResult<Vec<Option<String>>> {
+        let now = Instant::now();
+        let map = lock(&self.keys);
+        Ok(keys.iter().map(|key| map.get(key.as_str(), now).cloned()).collect())
+    }
+
     async fn delete_key(&self, key: &str) -> StoreResult<()> {
         lock(&self.keys).remove(key);
         Ok(())

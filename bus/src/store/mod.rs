@@ -98,6 +98,8 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_key(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<Option<String>>;
     async fn set_key(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<()>;
     async fn get_key(&self, key: &str) -> StoreResult<Option<String>>;
+    /// The values of `keys`, in order, in one round trip.
+    async fn get_keys(&self, keys: &[String]) -> StoreResult<Vec<Option<String>>>;
     async fn delete_key(&self, key: &str) -> StoreResult<()>;
 
     // --- units: status and position ---

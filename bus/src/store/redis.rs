@@ -348,6 +348,18 @@ impl Store for RedisStore {
         text(reply, &key)
     }
 
+    async fn get_keys(&self, keys: &[String]) -> StoreResult<Vec<Option<String>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = keys.iter().map(|key| self.kv_key(key)).collect();
+        let reply = self.query(&keys[0], redis::cmd("MGET").arg(&keys)).await?;
+        keys.iter()
+            .zip(items(reply, &keys[0])?)
+            .map(|(key, reply)| text(reply, key))
+            .collect()
+    }
+
     async fn delete_key(&self, key: &str) -> StoreResult<()> {
         let key = self.kv_key(key);
         self.query(&key, redis::cmd("DEL").arg(&key)).await.map(drop)

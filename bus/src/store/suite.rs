@@ -214,6 +214,16 @@ pub async fn keys(store: &dyn Store) {
         "a deleted key can be claimed again"
     );
 
+    store.set_key("keys:many:a", "A", ttl).await.unwrap();
+    store.set_key("keys:many:c", "C", ttl).await.unwrap();
+    let many = ["keys:many:a", "keys:many:b", "keys:many:c", "keys:many:a"].map(String::from);
+    assert_eq!(
+        store.get_keys(&many).await.unwrap(),
+        [Some("A".to_owned()), None, Some("C".to_owned()), Some("A".to_owned())],
+        "get_keys answers each key in order, a missing one with None"
+    );
+    assert_eq!(store.get_keys(&[]).await.unwrap(), Vec::<Option<String>>::new());
+
     // Keys share no namespace with the store's own state.
     assert_eq!(store.claim_key("units", "x", ttl).await.unwrap(), None);
     assert_eq!(store.claim_key("unit_geo", "x", ttl).await.unwrap(), None);
