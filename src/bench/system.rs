@@ -83,7 +83,10 @@ impl System {
                 .stderr(Stdio::inherit())
                 .kill_on_drop(true);
             if let Some(url) = &config.redis.url {
-                cmd.env("QZX_REDIS_URL", url);
+                // Keys of its own, like the topics: a run must not find the
+                // units and incidents of an earlier run in the same Redis.
+                cmd.env("QZX_REDIS_URL", url)
+                    .env("QZX_REDIS__KEY_PREFIX", format!("{prefix}qzx:"));
             }
             let child = cmd.spawn().with_context(|| format!("starting qzx {name}"))?;
             services.push(Service { name, child, http });
