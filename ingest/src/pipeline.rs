@@ -207,61 +207,85 @@ impl Ingest {
         dl
     }
 
-    /// Claims the key of every valid event. On a store failure or a key
-    /// held by an unfinished request, releases what it claimed and fails
-    /// the whole request with 503.
+    /// Claims the key of every valid event, all at once (one pipeline on
+    /// Redis rather than a round trip per event). On a store failure or a
+    /// key held by an unfinished request, releases what it claimed and
+    /// fails the whole request with 503.
     async fn claim_all(
         &self,
         valid: Vec<(usize, Event)>,
     ) -> Result<(Vec<Owned>, Vec<(Accepted, &'static str)>), IngestError> {
-        let mut owned: Vec<Owned> = Vec::new();
-        let mut duplicates = Vec::new();
         // The same (source, source_id) twice in one request: the later one
         // is a duplicate of the earlier, answered without the store.
         let mut first: HashMap<String, usize> = HashMap::new();
+        let mut unique: Vec<(usize, String, Event)> = Vec::new();
+        let mut repeats: Vec<(usize, String, Event)> = Vec::new();
         for (index, event) in valid {
             let key = idempotency_key(event.input.source, &event.input.source_id);
-            let source = event.input.source.as_str();
-            if let Some(&pos) = first.get(&key) {
-                duplicates.push((
-                    Accepted {
-                        index,
-                        id: owned[pos].event.id.clone(),
-                        source_id: event.input.source_id.clone(),
-                        duplicate: true,
-                    },
-                    source,
-                ));
-                continue;
+            if first.contains_key(&key) {
+                repeats.push((index, key, event));
+            } else {
+                first.insert(key.clone(), unique.len());
+                unique.push((index, key, event));
             }
-            let claimed = self.claim(&key, &event.id).await;
+        }
+        let claims = futures::future::join_all(unique.iter().map(|(_, key, event)| self.claim(key, &event.id))).await;
+
+        let mut owned: Vec<Owned> = Vec::new();
+        let mut duplicates = Vec::new();
+        // The id each key stands for in this request's answer.
+        let mut ids: HashMap<String, String> = HashMap::new();
+        let mut refusal: Option<IngestError> = None;
+        for ((index, key, event), claimed) in unique.into_iter().zip(claims) {
             match claimed {
                 Ok(Claimed::Owned) => {
-                    first.insert(key.clone(), owned.len());
+                    ids.insert(key.clone(), event.id.clone());
                     owned.push(Owned { index, key, event });
                 }
-                Ok(Claimed::Duplicate(id)) => duplicates.push((
-                    Accepted {
-                        index,
-                        id,
-                        source_id: event.input.source_id.clone(),
-                        duplicate: true,
-                    },
-                    source,
-                )),
+                Ok(Claimed::Duplicate(id)) => {
+                    ids.insert(key, id.clone());
+                    duplicates.push((
+                        Accepted {
+                            index,
+                            id,
+                            source_id: event.input.source_id.clone(),
+                            duplicate: true,
+                        },
+                        event.input.source.as_str(),
+                    ));
+                }
                 Ok(Claimed::Busy) => {
-                    self.release(&owned).await;
-                    return Err(self.unavailable(format!(
-                        "source_id '{}' is being ingested by another request; retry",
-                        event.input.source_id
-                    )));
+                    refusal.get_or_insert_with(|| {
+                        self.unavailable(format!(
+                            "source_id '{}' is being ingested by another request; retry",
+                            event.input.source_id
+                        ))
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "idempotency store failed; refusing the request");
-                    self.release(&owned).await;
-                    return Err(self.unavailable("the idempotency store is unavailable; retry".to_owned()));
+                    refusal.get_or_insert_with(|| {
+                        self.unavailable("the idempotency store is unavailable; retry".to_owned())
+                    });
                 }
             }
+        }
+        if let Some(refusal) = refusal {
+            self.release(&owned).await;
+            return Err(refusal);
+        }
+        for (index, key, event) in repeats {
+            // Every repeated key was claimed (or found done) above.
+            let id = ids.get(&key).cloned().unwrap_or_default();
+            duplicates.push((
+                Accepted {
+                    index,
+                    id,
+                    source_id: event.input.source_id.clone(),
+                    duplicate: true,
+                },
+                event.input.source.as_str(),
+            ));
         }
         Ok((owned, duplicates))
     }

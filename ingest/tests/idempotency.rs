@@ -98,3 +98,39 @@ async fn a_dead_owners_pending_marker_is_taken_over() {
     let id = reply.body["accepted"][0]["id"].as_str().unwrap().to_owned();
     assert_eq!(h.ctx.store.get_key(&key).await.unwrap(), Some(id));
 }
+
+#[tokio::test]
+async fn a_batch_refused_for_one_busy_key_releases_the_others() {
+    let h = start("ingest-pending-batch", BrokerChoice::RealIfAvailable, |c| {
+        c.kafka.delivery_timeout_ms = 500;
+    })
+    .await;
+    let busy = unique("pending");
+    let fresh = unique("fresh");
+    let key = idempotency_key(Source::Call110, &busy);
+    let live = format!("pending:other-id:{}", chrono::Utc::now().timestamp_millis() + 600_000);
+    assert!(
+        h.ctx
+            .store
+            .claim_key(&key, &live, Duration::from_secs(600))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Both keys are claimed together; the busy one refuses the request.
+    let ndjson = format!("{}\n{}\n", call(&fresh), call(&busy));
+    let reply = h.post("/v1/events", Some("application/x-ndjson"), ndjson).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.body);
+    let fresh_key = idempotency_key(Source::Call110, &fresh);
+    assert_eq!(
+        h.ctx.store.get_key(&fresh_key).await.unwrap(),
+        None,
+        "the fresh event's claim was released, so its retry is not a duplicate"
+    );
+
+    let retry = h.post_json("/v1/events", &call(&fresh)).await;
+    assert_eq!(retry.status, StatusCode::ACCEPTED, "{}", retry.body);
+    assert_eq!(retry.body["accepted"][0]["duplicate"], false);
+    assert_eq!(h.read(Topic::Events, 2, Duration::from_secs(2)).await.len(), 1);
+}
