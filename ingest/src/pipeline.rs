@@ -26,7 +26,7 @@
 //! This module must never report an event accepted before its ack, and
 //! never drop a rejected item without a dead letter.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bus::kafka::{OutRecord, ProduceError};
@@ -217,16 +217,15 @@ impl Ingest {
     ) -> Result<(Vec<Owned>, Vec<(Accepted, &'static str)>), IngestError> {
         // The same (source, source_id) twice in one request: the later one
         // is a duplicate of the earlier, answered without the store.
-        let mut first: HashMap<String, usize> = HashMap::new();
+        let mut seen: HashSet<String> = HashSet::new();
         let mut unique: Vec<(usize, String, Event)> = Vec::new();
         let mut repeats: Vec<(usize, String, Event)> = Vec::new();
         for (index, event) in valid {
             let key = idempotency_key(event.input.source, &event.input.source_id);
-            if first.contains_key(&key) {
-                repeats.push((index, key, event));
-            } else {
-                first.insert(key.clone(), unique.len());
+            if seen.insert(key.clone()) {
                 unique.push((index, key, event));
+            } else {
+                repeats.push((index, key, event));
             }
         }
         let claims = futures::future::join_all(unique.iter().map(|(_, key, event)| self.claim(key, &event.id))).await;
@@ -244,15 +243,7 @@ impl Ingest {
                 }
                 Ok(Claimed::Duplicate(id)) => {
                     ids.insert(key, id.clone());
-                    duplicates.push((
-                        Accepted {
-                            index,
-                            id,
-                            source_id: event.input.source_id.clone(),
-                            duplicate: true,
-                        },
-                        event.input.source.as_str(),
-                    ));
+                    duplicates.push(duplicate_of(index, id, &event));
                 }
                 Ok(Claimed::Busy) => {
                     refusal.get_or_insert_with(|| {
@@ -277,15 +268,7 @@ impl Ingest {
         for (index, key, event) in repeats {
             // Every repeated key was claimed (or found done) above.
             let id = ids.get(&key).cloned().unwrap_or_default();
-            duplicates.push((
-                Accepted {
-                    index,
-                    id,
-                    source_id: event.input.source_id.clone(),
-                    duplicate: true,
-                },
-                event.input.source.as_str(),
-            ));
+            duplicates.push(duplicate_of(index, id, &event));
         }
         Ok((owned, duplicates))
     }
@@ -421,6 +404,18 @@ impl Ingest {
             retry_after_s: self.config.ingest.retry_after_s,
         }
     }
+}
+
+/// The answer for an event that repeats the event `id`, with its source
+/// for the metrics.
+fn duplicate_of(index: usize, id: String, event: &Event) -> (Accepted, &'static str) {
+    let accepted = Accepted {
+        index,
+        id,
+        source_id: event.input.source_id.clone(),
+        duplicate: true,
+    };
+    (accepted, event.input.source.as_str())
 }
 
 /// The Store key of an input's idempotency record.

@@ -12,8 +12,23 @@ use axum::http::{StatusCode, header};
 use bus::Topic;
 use bus::model::Source;
 use bus::testing::BrokerChoice;
-use common::{call, start, unique};
+use common::{Harness, call, start, unique};
 use ingest::pipeline::idempotency_key;
+
+/// Claims `source_id`'s key as a live request elsewhere would (pending,
+/// expiring in ten minutes): the key and the marker.
+async fn held_by_another_request(h: &Harness, source_id: &str) -> (String, String) {
+    let key = idempotency_key(Source::Call110, source_id);
+    let live = format!("pending:other-id:{}", chrono::Utc::now().timestamp_millis() + 600_000);
+    let claimed = h
+        .ctx
+        .store
+        .claim_key(&key, &live, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert!(claimed.is_none(), "the key was free");
+    (key, live)
+}
 
 #[tokio::test]
 async fn concurrent_requests_with_one_source_id_produce_one_event() {
@@ -49,16 +64,7 @@ async fn a_request_in_flight_elsewhere_gives_503_not_a_false_duplicate() {
     })
     .await;
     let sid = unique("pending");
-    let key = idempotency_key(Source::Call110, &sid);
-    let live = format!("pending:other-id:{}", chrono::Utc::now().timestamp_millis() + 600_000);
-    assert!(
-        h.ctx
-            .store
-            .claim_key(&key, &live, Duration::from_secs(600))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    let (key, live) = held_by_another_request(&h, &sid).await;
 
     let reply = h.post_json("/v1/events", &call(&sid)).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.body);
@@ -107,16 +113,7 @@ async fn a_batch_refused_for_one_busy_key_releases_the_others() {
     .await;
     let busy = unique("pending");
     let fresh = unique("fresh");
-    let key = idempotency_key(Source::Call110, &busy);
-    let live = format!("pending:other-id:{}", chrono::Utc::now().timestamp_millis() + 600_000);
-    assert!(
-        h.ctx
-            .store
-            .claim_key(&key, &live, Duration::from_secs(600))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    held_by_another_request(&h, &busy).await;
 
     // Both keys are claimed together; the busy one refuses the request.
     let ndjson = format!("{}\n{}\n", call(&fresh), call(&busy));

@@ -178,10 +178,7 @@ impl System {
                 ))
             })
             .collect();
-        let broker = match self.embedded {
-            Some(_) => mock_thread_cpu_seconds(),
-            None => None,
-        };
+        let broker = self.embedded.as_ref().and_then(|_| mock_thread_cpu_seconds());
         if let Some(own) = proc_cpu_seconds("/proc/self") {
             seconds.insert("bench".to_owned(), own - broker.unwrap_or(0.0));
         }

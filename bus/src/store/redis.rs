@@ -275,20 +275,21 @@ impl RedisStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let reply = match field {
-            None => self.query("MGET", redis::cmd("MGET").arg(keys)).await?,
+        let replies = match field {
+            None => self.mget(keys).await?,
             Some(field) => {
                 let mut pipe = redis::pipe();
                 for key in keys {
                     pipe.cmd("HGET").arg(key).arg(field);
                 }
                 let mut conn = self.conn.clone();
-                pipe.query_async::<Value>(&mut conn)
+                let reply = pipe
+                    .query_async::<Value>(&mut conn)
                     .await
-                    .map_err(|e| failed(&keys[0], &e))?
+                    .map_err(|e| failed(&keys[0], &e))?;
+                items(reply, &keys[0])?
             }
         };
-        let replies = items(reply, &keys[0])?;
         let mut values = Vec::with_capacity(keys.len());
         for (key, reply) in keys.iter().zip(replies) {
             // Gone between listing and reading: it no longer exists.
@@ -297,6 +298,15 @@ impl RedisStore {
             }
         }
         Ok(values)
+    }
+
+    /// The raw values of `keys`, in order, in one `MGET`.
+    async fn mget(&self, keys: &[String]) -> StoreResult<Vec<Value>> {
+        let Some(first) = keys.first() else {
+            return Ok(Vec::new());
+        };
+        let reply = self.query(first, redis::cmd("MGET").arg(keys)).await?;
+        items(reply, first)
     }
 
     async fn members(&self, key: &str) -> StoreResult<Vec<String>> {
@@ -349,15 +359,9 @@ impl Store for RedisStore {
     }
 
     async fn get_keys(&self, keys: &[String]) -> StoreResult<Vec<Option<String>>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
         let keys: Vec<String> = keys.iter().map(|key| self.kv_key(key)).collect();
-        let reply = self.query(&keys[0], redis::cmd("MGET").arg(&keys)).await?;
-        keys.iter()
-            .zip(items(reply, &keys[0])?)
-            .map(|(key, reply)| text(reply, key))
-            .collect()
+        let replies = self.mget(&keys).await?;
+        keys.iter().zip(replies).map(|(key, reply)| text(reply, key)).collect()
     }
 
     async fn delete_key(&self, key: &str) -> StoreResult<()> {
@@ -391,13 +395,10 @@ impl Store for RedisStore {
     }
 
     async fn units_by_id(&self, ids: &[String]) -> StoreResult<Vec<Option<Unit>>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
         let keys: Vec<String> = ids.iter().map(|id| self.unit_key(id)).collect();
-        let reply = self.query(&keys[0], redis::cmd("MGET").arg(&keys)).await?;
+        let replies = self.mget(&keys).await?;
         keys.iter()
-            .zip(items(reply, &keys[0])?)
+            .zip(replies)
             .map(|(key, reply)| bytes(reply, key)?.map(|raw| from_json(&raw, key)).transpose())
             .collect()
     }
