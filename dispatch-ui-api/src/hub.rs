@@ -46,22 +46,22 @@ impl Subscriber {
 
 #[derive(Debug, Default)]
 pub struct Hub {
-    channels: RwLock<HashMap<String, Vec<Subscriber>>>,
+    /// Subscribers by channel, then by connection: thousands of terminals
+    /// share a channel, and each comes and goes without a scan of the rest.
+    channels: RwLock<HashMap<String, HashMap<u64, Subscriber>>>,
 }
 
 impl Hub {
     /// Adds or replaces `sub.conn`'s subscription to `channel`.
     pub fn subscribe(&self, channel: &ChannelName, sub: Subscriber) {
         let mut channels = self.channels.write().unwrap_or_else(|p| p.into_inner());
-        let subs = channels.entry(channel.key()).or_default();
-        subs.retain(|s| s.conn != sub.conn);
-        subs.push(sub);
+        channels.entry(channel.key()).or_default().insert(sub.conn, sub);
     }
 
     pub fn unsubscribe(&self, channel: &str, conn: u64) {
         let mut channels = self.channels.write().unwrap_or_else(|p| p.into_inner());
         if let Some(subs) = channels.get_mut(channel) {
-            subs.retain(|s| s.conn != conn);
+            subs.remove(&conn);
             if subs.is_empty() {
                 channels.remove(channel);
             }
@@ -76,7 +76,7 @@ impl Hub {
             return 0;
         };
         let mut delivered = 0;
-        for sub in subs.iter().filter(|s| s.wants(&push.meta)) {
+        for sub in subs.values().filter(|s| s.wants(&push.meta)) {
             match sub.tx.try_send(Arc::clone(push)) {
                 Ok(()) => delivered += 1,
                 Err(TrySendError::Full(_)) => {
@@ -94,7 +94,7 @@ impl Hub {
     #[cfg(test)]
     pub fn subscriber_count(&self) -> usize {
         let channels = self.channels.read().unwrap_or_else(|p| p.into_inner());
-        channels.values().map(Vec::len).sum()
+        channels.values().map(HashMap::len).sum()
     }
 }
 
@@ -163,5 +163,25 @@ mod tests {
         assert!(rx.try_recv().is_err());
         hub.unsubscribe("board", 1);
         assert_eq!(hub.subscriber_count(), 0);
+    }
+
+    #[test]
+    fn a_connection_subscribing_again_replaces_its_subscription() {
+        let hub = Hub::default();
+        let (first, mut first_rx) = sub(1, "quancheng", 8);
+        let (again, mut again_rx) = sub(1, "quancheng", 8);
+        let (other, mut other_rx) = sub(2, "quancheng", 8);
+        hub.subscribe(&ChannelName::Board, first);
+        hub.subscribe(&ChannelName::Board, other);
+        hub.subscribe(&ChannelName::Board, again);
+        assert_eq!(hub.subscriber_count(), 2);
+        assert_eq!(hub.deliver(&push("quancheng")), 2);
+        assert!(first_rx.try_recv().is_err(), "the replaced subscription gets nothing");
+        assert!(again_rx.try_recv().is_ok());
+        assert!(other_rx.try_recv().is_ok());
+
+        hub.unsubscribe("board", 1);
+        assert_eq!(hub.deliver(&push("quancheng")), 1, "only connection 2 is left");
+        assert!(other_rx.try_recv().is_ok());
     }
 }
