@@ -45,6 +45,13 @@ fn bench_prints_one_json_object_with_every_figure() {
     ] {
         assert!(rate(&ceilings[name]) > 0.0, "ceiling {name} measured: {ceilings}");
     }
+    // Ingest produces each event once and both the router and the api
+    // read it, so the pipeline moves it at least three times.
+    let moves = &ceilings["kafka_moves"];
+    let figure = |name: &str| moves[name].as_f64().unwrap_or(0.0);
+    assert!(figure("produced_per_event") >= 1.0, "{moves}");
+    assert!(figure("consumed_per_event") >= 2.0, "{moves}");
+    assert!(figure("bound_events_per_second") > 0.0, "{moves}");
 
     let latency = &report["latency"];
     assert_eq!(latency["sent"], 100, "{latency}");
@@ -65,6 +72,7 @@ fn bench_prints_one_json_object_with_every_figure() {
     assert!(rate(&ingest["single_event_requests"]) > 0.0, "{ingest}");
     assert!(rate(&ingest["ndjson_batches_of_500"]) > 0.0, "{ingest}");
     assert!(ingest["batch_share_of_http_relay"].as_f64().unwrap() > 0.0, "{ingest}");
+    assert!(ingest["batch_share_of_kafka_bound"].as_f64().unwrap() > 0.0, "{ingest}");
 
     let ws = &report["websocket"];
     assert_eq!(ws["connected"], 200, "every idle connection held: {ws}");

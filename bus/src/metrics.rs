@@ -15,6 +15,9 @@ pub const INGEST_REQUEST_SECONDS: &str = "qzx_ingest_request_duration_seconds";
 pub const KAFKA_PRODUCE_SECONDS: &str = "qzx_kafka_produce_duration_seconds";
 pub const KAFKA_PRODUCE_ERRORS_TOTAL: &str = "qzx_kafka_produce_errors_total";
 pub const KAFKA_FORCED_REJOINS_TOTAL: &str = "qzx_kafka_forced_rejoins_total";
+/// Records a consumer took from Kafka, by topic: with the produce
+/// histogram's count, how many times the bus moves each event.
+pub const KAFKA_RECORDS_CONSUMED_TOTAL: &str = "qzx_kafka_records_consumed_total";
 
 // router
 pub const ROUTER_PROCESS_SECONDS: &str = "qzx_router_process_duration_seconds";

@@ -75,6 +75,41 @@ pub struct Ceilings {
     pub redis: Option<RoundTrips>,
     pub ws_broadcast: Throughput,
     pub payload_bytes: usize,
+    pub kafka_moves: KafkaMoves,
+}
+
+/// How many records the pipeline moves through Kafka for each ingested
+/// event (counted on the services' `/metrics` over the ingest phases and
+/// the drain after them), and the rate those moves alone allow at the raw
+/// produce and consume ceilings: a bound no pipeline passes on this broker,
+/// whatever its own work costs.
+#[derive(Debug, Serialize)]
+pub struct KafkaMoves {
+    pub produced_per_event: f64,
+    pub consumed_per_event: f64,
+    /// `1 / (produced / raw produce + consumed / raw consume)`.
+    pub bound_events_per_second: f64,
+    pub bound_share_of_raw_produce: f64,
+}
+
+impl KafkaMoves {
+    fn new(moved: system::KafkaRecords, events: u64, raw_produce: f64, raw_consume: f64) -> KafkaMoves {
+        let events = events.max(1) as f64;
+        let produced_per_event = moved.produced / events;
+        let consumed_per_event = moved.consumed / events;
+        let seconds_per_event = produced_per_event / raw_produce.max(1.0) + consumed_per_event / raw_consume.max(1.0);
+        let bound = if seconds_per_event > 0.0 {
+            1.0 / seconds_per_event
+        } else {
+            0.0
+        };
+        KafkaMoves {
+            produced_per_event,
+            consumed_per_event,
+            bound_events_per_second: bound,
+            bound_share_of_raw_produce: bound / raw_produce.max(1.0),
+        }
+    }
 }
 
 /// Ingest request to the unit terminal's receipt of the task.
@@ -108,6 +143,7 @@ pub struct IngestReport {
     pub batch_share_of_raw_produce: f64,
     pub single_share_of_http_relay: f64,
     pub batch_share_of_http_relay: f64,
+    pub batch_share_of_kafka_bound: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -245,8 +281,21 @@ pub async fn run(config: Config, options: BenchOptions, progress: bool) -> anyho
     bar.set_message("ingest throughput");
     let ingest_url = system.ingest_url("/v1/events");
     let token = &system.source_token;
+    let moved_before = system.kafka_records().await;
     let single = ingest_throughput(&system.http, ingest_url.clone(), token, &city, SINGLE).await?;
     let batched = ingest_throughput(&system.http, ingest_url, token, &city, BATCHED).await?;
+    units.settle(&system, &city).await;
+    let moved_after = system.kafka_records().await;
+    let kafka_moves = KafkaMoves::new(
+        system::KafkaRecords {
+            produced: moved_after.produced - moved_before.produced,
+            consumed: moved_after.consumed - moved_before.consumed,
+        },
+        single.messages + batched.messages,
+        raw_produce.per_second,
+        raw_consume.per_second,
+    );
+    let kafka_bound = kafka_moves.bound_events_per_second;
     bar.inc(1);
     bar.finish_and_clear();
 
@@ -263,6 +312,7 @@ pub async fn run(config: Config, options: BenchOptions, progress: bool) -> anyho
             redis,
             ws_broadcast,
             payload_bytes: payload.len(),
+            kafka_moves,
         },
         latency,
         max_sustained_rate: MaxRate {
@@ -275,6 +325,7 @@ pub async fn run(config: Config, options: BenchOptions, progress: bool) -> anyho
             batch_share_of_raw_produce: batched.per_second / produce,
             single_share_of_http_relay: single.per_second / relay_single.per_second.max(1.0),
             batch_share_of_http_relay: batched.per_second / relay_batched.per_second.max(1.0),
+            batch_share_of_kafka_bound: batched.per_second / kafka_bound.max(1.0),
             single_event_requests: single,
             ndjson_batches_of_500: batched,
         },
@@ -807,6 +858,15 @@ pub fn print_table(r: &Report) {
         rate(r.ceilings.http_relay_ndjson_batches_of_500.per_second),
         share(r.ceilings.http_relay_ndjson_batches_of_500.per_second / r.ceilings.raw_produce.per_second),
     );
+    let moves = &r.ceilings.kafka_moves;
+    row(
+        &format!(
+            "ceiling: Kafka moves only ({:.1} out + {:.1} in /event)",
+            moves.produced_per_event, moves.consumed_per_event
+        ),
+        rate(moves.bound_events_per_second),
+        share(moves.bound_share_of_raw_produce),
+    );
     if let Some(redis) = &r.ceilings.redis {
         row(
             "ceiling: redis round trips (PING)",
@@ -864,6 +924,11 @@ pub fn print_table(r: &Report) {
         "  the same, as a share of the bare relay",
         String::new(),
         share(r.ingest.batch_share_of_http_relay),
+    );
+    row(
+        "  the same, as a share of the Kafka moves only",
+        String::new(),
+        share(r.ingest.batch_share_of_kafka_bound),
     );
     row(
         &format!("websocket: idle connections held ({} asked)", r.websocket.connections),

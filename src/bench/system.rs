@@ -203,28 +203,39 @@ impl System {
         let Some(router) = self.services.iter().find(|s| s.name == "router" || s.name == "all") else {
             return HashMap::new();
         };
-        let Ok(text) = self.http.get(format!("http://{}/metrics", router.http)).send().await else {
-            return HashMap::new();
-        };
-        let text = text.text().await.unwrap_or_default();
-        let series = |suffix: &str| -> HashMap<String, f64> {
-            let prefix = format!("{}_{suffix}{{", bus::metrics::ROUTER_PROCESS_SECONDS);
-            text.lines()
-                .filter_map(|l| l.strip_prefix(&prefix))
-                .filter_map(|rest| {
-                    let (labels, value) = rest.split_once("} ")?;
-                    let topic = labels.split('"').nth(1)?.to_owned();
-                    Some((topic, value.trim().parse().ok()?))
-                })
-                .collect()
-        };
-        let (sums, counts) = (series("sum"), series("count"));
-        sums.into_iter()
+        let text = self.metrics_text(router).await;
+        let name = bus::metrics::ROUTER_PROCESS_SECONDS;
+        let counts = by_topic(&text, &format!("{name}_count"));
+        by_topic(&text, &format!("{name}_sum"))
+            .into_iter()
             .filter_map(|(topic, sum)| {
                 let count = *counts.get(&topic)?;
                 (count > 0.0).then(|| (topic, sum * 1000.0 / count))
             })
             .collect()
+    }
+
+    /// Records all services together produced to and consumed from Kafka
+    /// so far, over every topic, from their `/metrics`.
+    pub async fn kafka_records(&self) -> KafkaRecords {
+        let mut records = KafkaRecords::default();
+        for service in &self.services {
+            let text = self.metrics_text(service).await;
+            let produced = format!("{}_count", bus::metrics::KAFKA_PRODUCE_SECONDS);
+            records.produced += by_topic(&text, &produced).values().sum::<f64>();
+            records.consumed += by_topic(&text, bus::metrics::KAFKA_RECORDS_CONSUMED_TOTAL)
+                .values()
+                .sum::<f64>();
+        }
+        records
+    }
+
+    /// A service's `/metrics` page; empty when it does not answer.
+    async fn metrics_text(&self, service: &Service) -> String {
+        match self.http.get(format!("http://{}/metrics", service.http)).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
     }
 
     /// Stops the children gracefully (SIGTERM through `kill`), then hard.
@@ -247,6 +258,28 @@ impl System {
         }
         drop(self.embedded.take());
     }
+}
+
+/// Kafka records moved by the system: produced (acknowledged or not) and
+/// consumed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KafkaRecords {
+    pub produced: f64,
+    pub consumed: f64,
+}
+
+/// The values of one Prometheus series by its `topic` label (its first
+/// label), e.g. `name{topic="events"} 12`.
+fn by_topic(text: &str, name: &str) -> HashMap<String, f64> {
+    let prefix = format!("{name}{{");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (labels, value) = rest.split_once("} ")?;
+            let topic = labels.split('"').nth(1)?.to_owned();
+            Some((topic, value.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -21,6 +21,7 @@ use super::Brokers;
 use super::rejoin;
 use crate::cloudevents::{CeAttributes, CeError};
 use crate::config::KafkaConfig;
+use crate::metrics;
 use crate::topics::{Topic, Topics};
 
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +209,7 @@ impl Consumer {
                     let Some(topic) = self.topics.parse(m.topic()) else {
                         continue;
                     };
+                    ::metrics::counter!(metrics::KAFKA_RECORDS_CONSUMED_TOTAL, "topic" => topic.suffix()).increment(1);
                     return Ok(Some(Received {
                         topic,
                         partition: m.partition(),
