@@ -4,6 +4,7 @@
 //! live pushes and history replay filter exactly alike.
 
 use bus::auth::Claims;
+use bus::model::{Escalation, Event, Incident, Task, Unit};
 use bus::topics::Topic;
 use serde::Deserialize;
 use serde_json::Value;
@@ -168,6 +169,72 @@ impl Meta {
     }
 }
 
+/// A record of a pushed topic, parsed once, straight to its model type.
+#[derive(Debug)]
+pub enum PushRecord {
+    Incident(Incident),
+    Task(Task),
+    Event(Event),
+    Unit(Unit),
+    Escalation(Escalation),
+}
+
+impl PushRecord {
+    /// Parses a record's JSON as the model its kind names; an error when it
+    /// is not JSON or not of that shape.
+    pub fn parse(kind: PushKind, json: &[u8]) -> Result<PushRecord, serde_json::Error> {
+        Ok(match kind {
+            PushKind::Incident => PushRecord::Incident(serde_json::from_slice(json)?),
+            PushKind::Task => PushRecord::Task(serde_json::from_slice(json)?),
+            PushKind::Event => PushRecord::Event(serde_json::from_slice(json)?),
+            PushKind::Unit => PushRecord::Unit(serde_json::from_slice(json)?),
+            PushKind::Escalation => PushRecord::Escalation(serde_json::from_slice(json)?),
+        })
+    }
+
+    /// The same [`Meta`] as [`Meta::from_value`] gives for its JSON.
+    pub fn meta(&self) -> Meta {
+        let meta = |kind, id: &str, jurisdiction: &str| Meta {
+            kind,
+            id: Some(id.to_owned()),
+            version: None,
+            jurisdiction: Some(jurisdiction.to_owned()),
+            category: None,
+            priority: None,
+            desks: Vec::new(),
+            unit: None,
+        };
+        match self {
+            PushRecord::Incident(i) => Meta {
+                version: i64::try_from(i.version).ok(),
+                category: Some(i.kind.clone()),
+                priority: Some(i.priority),
+                desks: i.desks.clone(),
+                ..meta(PushKind::Incident, &i.id, &i.jurisdiction)
+            },
+            PushRecord::Task(t) => Meta {
+                version: i64::try_from(t.version).ok(),
+                priority: Some(t.priority),
+                unit: Some(t.unit.clone()),
+                ..meta(PushKind::Task, &t.id, &t.jurisdiction)
+            },
+            PushRecord::Event(e) => Meta {
+                category: Some(e.input.kind.clone()),
+                ..meta(PushKind::Event, &e.id, &e.jurisdiction)
+            },
+            PushRecord::Unit(u) => Meta {
+                version: Some(u.at.timestamp_millis()),
+                unit: Some(u.id.clone()),
+                ..meta(PushKind::Unit, &u.id, &u.jurisdiction)
+            },
+            PushRecord::Escalation(e) => Meta {
+                desks: e.desks.clone(),
+                ..meta(PushKind::Escalation, &e.id, &e.jurisdiction)
+            },
+        }
+    }
+}
+
 /// A subscriber's filter (`filter` of `subscribe`). Every part narrows; a
 /// part does not apply to a push that lacks the field (a unit has no
 /// category).
@@ -316,6 +383,95 @@ mod tests {
         assert!(ChannelName::parse("topic:actions").is_err());
         assert!(ChannelName::parse("unit:").is_err());
         assert!(ChannelName::parse("boards").is_err());
+    }
+
+    /// Every pushed model's JSON as the router writes it.
+    fn records() -> Vec<(PushKind, Value)> {
+        use bus::model::*;
+        let now = chrono::Utc::now();
+        let incident = Incident {
+            id: "i-1".into(),
+            version: 3,
+            status: IncidentStatus::Dispatched,
+            priority: 1,
+            score: 80,
+            kind: "robbery".into(),
+            location: None,
+            jurisdiction: "quancheng".into(),
+            cell: None,
+            desks: vec!["command".into(), "criminal".into()],
+            events: vec!["e-1".into()],
+            repeat_count: 0,
+            diverted_to: None,
+            created_at: now,
+            updated_at: now,
+            deadlines: None,
+            sla: Sla::default(),
+            units: vec![],
+            timeline: vec![],
+            text: None,
+            disposition: None,
+            feedback: None,
+            follow_up_of: None,
+        };
+        let task = Task {
+            id: "t-1".into(),
+            incident: "i-1".into(),
+            unit: "u-1".into(),
+            version: 2,
+            kind: TaskKind::Respond,
+            priority: 1,
+            location: None,
+            summary: "go".into(),
+            issued_at: now,
+            deadlines: None,
+            status: TaskStatus::Issued,
+            jurisdiction: "quancheng".into(),
+            updated_at: now,
+        };
+        let unit = Unit {
+            id: "u-1".into(),
+            unit_type: UnitType::PatrolCar,
+            jurisdiction: "daminghu".into(),
+            status: UnitStatus::Available,
+            lat: Some(36.6683),
+            lon: Some(117.0204),
+            at: now,
+            task: None,
+            speed_kmh: None,
+            name: None,
+        };
+        vec![
+            (PushKind::Incident, serde_json::to_value(&incident).unwrap()),
+            (PushKind::Task, serde_json::to_value(&task).unwrap()),
+            (PushKind::Unit, serde_json::to_value(&unit).unwrap()),
+            (
+                PushKind::Event,
+                json!({"id": "e-1", "received_at": now, "jurisdiction": "quancheng", "cell": null,
+                       "source": "call110", "source_id": "110-1", "kind": "theft"}),
+            ),
+            (
+                PushKind::Escalation,
+                json!({"id": "x-1", "incident": "i-1", "jurisdiction": "quancheng", "at": now,
+                       "kind": "sla_breach", "desks": ["supervisor"], "message": "late", "by": "router"}),
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_typed_record_has_the_meta_of_its_json() {
+        for (kind, json) in records() {
+            let record = PushRecord::parse(kind, json.to_string().as_bytes()).unwrap();
+            assert_eq!(record.meta(), Meta::from_value(kind, &json), "{json}");
+        }
+    }
+
+    #[test]
+    fn a_record_of_another_shape_does_not_parse() {
+        let records = records();
+        let (_, task) = &records[1];
+        assert!(PushRecord::parse(PushKind::Incident, task.to_string().as_bytes()).is_err());
+        assert!(PushRecord::parse(PushKind::Unit, b"{not json").is_err());
     }
 
     #[test]

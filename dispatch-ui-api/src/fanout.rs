@@ -22,13 +22,12 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use bus::kafka::{Brokers, Consumer, Received};
-use bus::model::{Escalation, Event, Incident, Task, Unit};
 use bus::store::{HistoryLimits, SharedStore};
 use bus::topics::Topic;
 use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::{ChannelName, Cursor, Meta, PushKind, channels_for, history_payload, push_frame};
+use crate::channel::{ChannelName, Cursor, Meta, PushKind, PushRecord, channels_for, history_payload, push_frame};
 use crate::hub::{Hub, Push};
 use crate::view::View;
 
@@ -145,15 +144,18 @@ impl Fanout {
     /// to push (unreadable, or older than history keeps).
     fn prepare<'a>(&self, record: &'a Received, now_ms: i64) -> Option<Prepared<'a>> {
         let kind = PushKind::of(record.topic)?;
-        let value: serde_json::Value = match serde_json::from_slice(&record.payload) {
-            Ok(v) => v,
+        let parsed = match PushRecord::parse(kind, &record.payload) {
+            Ok(parsed) => parsed,
             Err(e) => {
                 tracing::warn!(topic = record.topic.suffix(), partition = record.partition, offset = record.offset, error = %e, "unreadable record skipped");
                 return None;
             }
         };
-        if !self.apply_to_view(kind, &value, record) {
-            return None;
+        let meta = parsed.meta();
+        match parsed {
+            PushRecord::Incident(incident) => self.view.apply_incident(incident),
+            PushRecord::Task(task) => self.view.apply_task(task),
+            PushRecord::Event(_) | PushRecord::Unit(_) | PushRecord::Escalation(_) => {}
         }
         // Records older than the history keeps (the catch-up at start) only
         // rebuild the view: appending them again would re-push old news.
@@ -162,7 +164,6 @@ impl Fanout {
         {
             return None;
         }
-        let meta = Meta::from_value(kind, &value);
         // The record's own bytes go out as `data`: valid JSON, checked above.
         let data = std::str::from_utf8(&record.payload).ok()?;
         let channels = channels_for(&meta);
@@ -175,24 +176,6 @@ impl Fanout {
             channels,
             meta,
         })
-    }
-
-    /// Updates the view; false when the record is not of its topic's type.
-    fn apply_to_view(&self, kind: PushKind, value: &serde_json::Value, record: &Received) -> bool {
-        let parsed = match kind {
-            PushKind::Incident => Incident::deserialize_from(value).map(|i| self.view.apply_incident(i)),
-            PushKind::Task => Task::deserialize_from(value).map(|t| self.view.apply_task(t)),
-            PushKind::Unit => Unit::deserialize_from(value).map(drop),
-            PushKind::Escalation => Escalation::deserialize_from(value).map(drop),
-            PushKind::Event => Event::deserialize_from(value).map(drop),
-        };
-        match parsed {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(topic = record.topic.suffix(), partition = record.partition, offset = record.offset, error = %e, "record of the wrong shape skipped");
-                false
-            }
-        }
     }
 
     /// Appends with retries until it works or shutdown (then `None`).
@@ -218,16 +201,5 @@ impl Fanout {
                 }
             }
         }
-    }
-}
-
-/// `serde_json::from_value` on a borrowed value without cloning the caller's.
-trait FromValue: Sized {
-    fn deserialize_from(value: &serde_json::Value) -> Result<Self, serde_json::Error>;
-}
-
-impl<T: serde::de::DeserializeOwned> FromValue for T {
-    fn deserialize_from(value: &serde_json::Value) -> Result<Self, serde_json::Error> {
-        T::deserialize(value)
     }
 }
