@@ -24,7 +24,9 @@ source_dir=$(cargo metadata --format-version 1 --locked |
   python3 -c 'import json, sys, os
 pkgs = json.load(sys.stdin)["packages"]
 print(os.path.dirname(next(p["manifest_path"] for p in pkgs if p["name"] == "rdkafka-sys")))')
-patched="$target/rdkafka-sys"
+# One copy per rdkafka-sys version: after an upgrade the patch is applied
+# afresh, and fails loudly if it no longer fits.
+patched="$target/$(basename "$source_dir")"
 if [ ! -f "$patched/.patched" ]; then
   log "copying $(basename "$source_dir") and patching its mock cluster"
   rm -rf "$patched"
