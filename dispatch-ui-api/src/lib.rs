@@ -8,11 +8,13 @@
 //! slow WebSocket client never slows the others; a token is never logged.
 
 mod auth;
-mod channel;
+// Public for the criterion benches (`benches/push.rs`): the pure parts of
+// the fan-out, no IO.
+pub mod channel;
 mod commands;
 mod error;
 mod fanout;
-mod hub;
+pub mod hub;
 mod openapi;
 mod pages;
 mod rest;
