@@ -287,10 +287,7 @@ pub async fn run(config: Config, options: BenchOptions, progress: bool) -> anyho
     units.settle(&system, &city).await;
     let moved_after = system.kafka_records().await;
     let kafka_moves = KafkaMoves::new(
-        system::KafkaRecords {
-            produced: moved_after.produced - moved_before.produced,
-            consumed: moved_after.consumed - moved_before.consumed,
-        },
+        moved_after.since(moved_before),
         single.messages + batched.messages,
         raw_produce.per_second,
         raw_consume.per_second,

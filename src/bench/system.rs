@@ -218,10 +218,10 @@ impl System {
     /// Records all services together produced to and consumed from Kafka
     /// so far, over every topic, from their `/metrics`.
     pub async fn kafka_records(&self) -> KafkaRecords {
+        let produced = format!("{}_count", bus::metrics::KAFKA_PRODUCE_SECONDS);
         let mut records = KafkaRecords::default();
         for service in &self.services {
             let text = self.metrics_text(service).await;
-            let produced = format!("{}_count", bus::metrics::KAFKA_PRODUCE_SECONDS);
             records.produced += by_topic(&text, &produced).values().sum::<f64>();
             records.consumed += by_topic(&text, bus::metrics::KAFKA_RECORDS_CONSUMED_TOTAL)
                 .values()
@@ -266,6 +266,16 @@ impl System {
 pub struct KafkaRecords {
     pub produced: f64,
     pub consumed: f64,
+}
+
+impl KafkaRecords {
+    /// What was moved between `before` and these counts.
+    pub fn since(self, before: KafkaRecords) -> KafkaRecords {
+        KafkaRecords {
+            produced: self.produced - before.produced,
+            consumed: self.consumed - before.consumed,
+        }
+    }
 }
 
 /// The values of one Prometheus series by its `topic` label (its first
