@@ -7,9 +7,11 @@
 //! its own and deletes its keys afterwards.
 
 use std::panic::AssertUnwindSafe;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use bus::store::{MemoryStore, RedisStore, Store as _, StoreError, suite};
+use bus::model::{Incident, IncidentStatus, Sla};
+use bus::store::{Commit, MemoryStore, RedisStore, Store as _, StoreError, suite};
+use chrono::{TimeZone as _, Utc};
 use futures::FutureExt as _;
 
 #[tokio::test]
@@ -63,6 +65,15 @@ async fn redis_store_reports_corrupt_values() {
             .await
             .expect("SET");
     }
+    redis::cmd("HSET")
+        .arg(format!("{prefix}incident:bad-version"))
+        .arg("v")
+        .arg("not a number")
+        .arg("j")
+        .arg("{}")
+        .query_async::<()>(&mut raw)
+        .await
+        .expect("HSET");
 
     let outcome = AssertUnwindSafe(async {
         let corrupt_key = |result: Result<_, StoreError>| match result {
@@ -85,6 +96,34 @@ async fn redis_store_reports_corrupt_values() {
             corrupt_key(store.history_head("wrong-type").await.map(drop)),
             format!("{prefix}hist:wrong-type")
         );
+
+        // A commit that meets corruption anywhere writes nothing at all,
+        // and names the key, as put_incident and claim_unit do.
+        let mut commit = Commit {
+            incidents: vec![incident("bad-version")],
+            set_keys: vec![("cm:never".to_owned(), "x".to_owned(), Duration::from_secs(60))],
+            ..Commit::default()
+        };
+        assert_eq!(
+            corrupt_key(store.put_incident(&incident("bad-version")).await),
+            format!("{prefix}incident:bad-version")
+        );
+        assert_eq!(
+            corrupt_key(store.commit(&commit).await.map(drop)),
+            format!("{prefix}incident:bad-version")
+        );
+        commit.incidents = vec![incident("wrong-type")];
+        assert_eq!(
+            corrupt_key(store.commit(&commit).await.map(drop)),
+            format!("{prefix}incident:wrong-type")
+        );
+        commit.incidents.clear();
+        commit.expect_claims = vec![("broken".to_owned(), "t".to_owned())];
+        assert_eq!(
+            corrupt_key(store.commit(&commit).await.map(drop)),
+            format!("{prefix}unit:broken")
+        );
+        assert_eq!(store.get_key("cm:never").await.unwrap(), None, "nothing written");
     })
     .catch_unwind()
     .await;
@@ -139,5 +178,35 @@ async fn delete_keys(url: &str, prefix: &str) -> redis::RedisResult<usize> {
             return Ok(deleted);
         }
         cursor = next;
+    }
+}
+
+/// An open incident at version 1, whatever its content.
+fn incident(id: &str) -> Incident {
+    let at = Utc.with_ymd_and_hms(2025, 3, 1, 8, 0, 0).single().expect("valid time");
+    Incident {
+        id: id.to_owned(),
+        version: 1,
+        status: IncidentStatus::New,
+        priority: 2,
+        score: 60,
+        kind: "theft".to_owned(),
+        location: None,
+        jurisdiction: "lixia".to_owned(),
+        cell: None,
+        desks: Vec::new(),
+        events: Vec::new(),
+        repeat_count: 0,
+        diverted_to: None,
+        created_at: at,
+        updated_at: at,
+        deadlines: None,
+        sla: Sla::default(),
+        units: Vec::new(),
+        timeline: Vec::new(),
+        text: None,
+        disposition: None,
+        feedback: None,
+        follow_up_of: None,
     }
 }

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{Appended, Claim, HistoryEntry, HistoryLimits, HistoryRead, NearbyUnit, Store, StoreResult};
+use super::{
+    Appended, Claim, Commit, Committed, HistoryEntry, HistoryLimits, HistoryRead, NearbyUnit, Store, StoreResult,
+};
 use crate::model::{Incident, Timestamp, Unit, UnitStatus};
 
 /// Earth radius that Redis' GEO commands use; the in-memory distances use it
@@ -250,6 +252,11 @@ impl<K: std::hash::Hash + Eq, V> Default for ExpiringMap<K, V> {
 
 /// The in-process store. Each kind of state has its own lock so that, say,
 /// history appends do not wait behind unit updates.
+///
+/// Lock order: a method that needs several locks takes them in the order of
+/// the fields below (`keys`, then `units`, then `incidents`, ...), and holds
+/// them all until it is done, so that it is atomic and two such methods can
+/// never deadlock. Only [`Store::commit`] takes more than one today.
 pub struct MemoryStore {
     keys: Mutex<ExpiringMap<String, String>>,
     /// By id, so `units()` lists them in id order as the Redis store does.
@@ -284,6 +291,19 @@ impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore").finish_non_exhaustive()
     }
+}
+
+/// [`Store::put_incident`] on the locked map, for it and for
+/// [`Store::commit`]: an older version never overwrites a newer one, and an
+/// incident no longer open expires after [`CLOSED_INCIDENT_TTL`].
+fn store_incident(incidents: &mut ExpiringMap<String, Incident>, incident: &Incident, now: Instant) {
+    if let Some(stored) = incidents.get(&incident.id, now)
+        && stored.version > incident.version
+    {
+        return;
+    }
+    let expires = (!incident.status.is_open()).then(|| now + CLOSED_INCIDENT_TTL);
+    incidents.insert(incident.id.clone(), incident.clone(), expires, now);
 }
 
 #[async_trait]
@@ -411,14 +431,7 @@ impl Store for MemoryStore {
 
     async fn put_incident(&self, incident: &Incident) -> StoreResult<()> {
         let now = Instant::now();
-        let mut incidents = lock(&self.incidents);
-        if let Some(stored) = incidents.get(&incident.id, now)
-            && stored.version > incident.version
-        {
-            return Ok(());
-        }
-        let expires = (!incident.status.is_open()).then(|| now + CLOSED_INCIDENT_TTL);
-        incidents.insert(incident.id.clone(), incident.clone(), expires, now);
+        store_incident(&mut lock(&self.incidents), incident, now);
         Ok(())
     }
 
@@ -545,6 +558,51 @@ impl Store for MemoryStore {
             .get(channel)
             .and_then(|ch| ch.entries.back())
             .map(|(id, _)| id.to_string()))
+    }
+
+    async fn commit(&self, commit: &Commit) -> StoreResult<Committed> {
+        let now = Instant::now();
+        // All three locks, in the struct's order, for the whole commit: a
+        // reader taking any one of them sees all of the commit or none of it.
+        let mut keys = lock(&self.keys);
+        let mut units = lock(&self.units);
+        let mut incidents = lock(&self.incidents);
+
+        // Every expectation before any write: a broken one writes nothing.
+        for (key, expected) in &commit.expect_keys {
+            let found = keys.get(key.as_str(), now);
+            if found != Some(expected) {
+                return Ok(Committed::KeyChanged {
+                    key: key.clone(),
+                    found: found.cloned(),
+                });
+            }
+        }
+        for (id, task) in &commit.expect_claims {
+            let found = units.get(id).and_then(|unit| unit.task.as_ref());
+            if found != Some(task) {
+                return Ok(Committed::ClaimLost {
+                    unit: id.clone(),
+                    task: found.cloned(),
+                });
+            }
+        }
+
+        // The same steps, in the same order, as the single-item methods and
+        // the Redis script: deletes before sets, so a key in both ends up set.
+        for key in &commit.delete_keys {
+            keys.remove(key.as_str());
+        }
+        for incident in &commit.incidents {
+            store_incident(&mut incidents, incident, now);
+        }
+        for unit in &commit.units {
+            units.insert(unit.id.clone(), unit.clone());
+        }
+        for (key, value, ttl) in &commit.set_keys {
+            keys.insert(key.clone(), value.clone(), Some(now + clamp_ttl(*ttl)), now);
+        }
+        Ok(Committed::Done)
     }
 }
 

@@ -8,6 +8,7 @@
 //! process (the demo and fast tests). A Store must never hold a lock across
 //! an `.await` and never block the runtime.
 
+mod commit;
 mod memory;
 mod redis;
 pub mod suite;
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 
 use crate::model::{Incident, Timestamp, Unit, UnitStatus};
 
+pub use self::commit::{Commit, Committed};
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 
@@ -166,6 +168,13 @@ pub trait Store: Send + Sync + 'static {
     async fn history_since(&self, channel: &str, cursor: Option<&str>, limit: usize) -> StoreResult<HistoryRead>;
     /// The cursor of the newest entry, if any.
     async fn history_head(&self, channel: &str) -> StoreResult<Option<String>>;
+
+    // --- the router's transactions ---
+
+    /// Checks every expectation of `commit`, then makes every write, as one
+    /// atomic step: another process sees all of it or none of it, and a
+    /// broken expectation writes nothing (see [`Commit`]).
+    async fn commit(&self, commit: &Commit) -> StoreResult<Committed>;
 }
 
 pub type SharedStore = Arc<dyn Store>;

@@ -8,7 +8,8 @@
 //! multiplexed connection cannot use. Values read back are never trusted:
 //! anything unexpected becomes [`StoreError::Corrupt`] naming the key, never
 //! a panic. For Redis Cluster, give the prefix a hash tag (`{qzx}:`) so the
-//! keys one script touches share a slot.
+//! keys one script touches share a slot. [`Store::commit`], the largest
+//! script, lives in [`commit`].
 //!
 //! Keys, after the prefix:
 //!
@@ -34,8 +35,13 @@ use redis::{ErrorKind, RedisError, Script, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod commit;
+
 use super::memory::{CLOSED_INCIDENT_TTL, StreamId, indexable_position, is_indexable, ttl_ms};
-use super::{Appended, Claim, HistoryEntry, HistoryLimits, HistoryRead, NearbyUnit, Store, StoreError, StoreResult};
+use super::{
+    Appended, Claim, Commit, Committed, HistoryEntry, HistoryLimits, HistoryRead, NearbyUnit, Store, StoreError,
+    StoreResult,
+};
 use crate::model::{Incident, Timestamp, Unit, UnitStatus};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -155,6 +161,8 @@ pub struct RedisStore {
     put_incident: Script,
     history_append: Script,
     history_since: Script,
+    /// [`commit::COMMIT`].
+    commit: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -186,6 +194,7 @@ impl RedisStore {
             put_incident: Script::new(PUT_INCIDENT),
             history_append: Script::new(HISTORY_APPEND),
             history_since: Script::new(HISTORY_SINCE),
+            commit: Script::new(commit::COMMIT),
         };
         store.check_version().await?;
         tracing::debug!(prefix = key_prefix, "redis store connected");
@@ -683,6 +692,10 @@ impl Store for RedisStore {
             .next()
             .map(|entry| stream_entry(entry, &key).map(|e| e.cursor))
             .transpose()
+    }
+
+    async fn commit(&self, commit: &Commit) -> StoreResult<Committed> {
+        self.commit_atomically(commit).await
     }
 }
 

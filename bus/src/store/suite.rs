@@ -19,15 +19,15 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 
-use super::{Claim, HistoryLimits, HistoryRead, NearbyUnit, Store};
+use super::{Claim, Commit, Committed, HistoryLimits, HistoryRead, NearbyUnit, Store};
 use crate::model::{Incident, IncidentStatus, Location, Sla, Unit, UnitStatus, UnitType};
 
-/// Runs every check, one after the other, except the two that wait for
+/// Runs every check, one after the other, except the three that wait for
 /// time to pass: they wait together.
 pub async fn run_all(store: &dyn Store) {
     basics(store).await;
     keys(store).await;
-    futures::join!(key_expiry(store), history_trimmed_by_age(store));
+    futures::join!(key_expiry(store), history_trimmed_by_age(store), commit(store));
     units(store).await;
     nearest_units(store).await;
     claim_unit(store).await;
@@ -841,4 +841,266 @@ pub async fn history_trimmed_by_age(store: &dyn Store) {
         .unwrap();
     assert!(again.fresh, "a dedupe key older than max_age is forgotten");
     assert!(cursor_parts(&again.cursor) > cursor_parts(&new.cursor));
+}
+
+/// Urumqi: where [`commit`] puts its units; no other check puts units there.
+const URUMQI: (f64, f64) = (43.8256, 87.6168);
+
+/// Writes of every kind that a commit with a broken expectation must not
+/// make: a new incident, a newer version of `cm-inc-a`, a new unit, a key
+/// set and a key deleted.
+fn doomed_writes() -> Commit {
+    Commit {
+        incidents: vec![
+            incident("cm-never-inc", 1, IncidentStatus::New),
+            incident("cm-inc-a", 99, IncidentStatus::Closed),
+        ],
+        units: vec![unit("cm-never-unit", UnitStatus::Available, Some(URUMQI))],
+        set_keys: vec![("cm:never".to_owned(), "x".to_owned(), Duration::from_secs(60))],
+        delete_keys: vec!["cm:doomed".to_owned()],
+        ..Commit::default()
+    }
+}
+
+/// Asserts that none of [`doomed_writes`] was made, with `what` in every
+/// message.
+async fn assert_nothing_written(store: &dyn Store, what: &str) {
+    assert_eq!(
+        store.incident("cm-never-inc").await.unwrap(),
+        None,
+        "{what}: incident written"
+    );
+    assert!(
+        !store
+            .open_incidents()
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.id == "cm-never-inc"),
+        "{what}: incident opened"
+    );
+    let inc_a = store.incident("cm-inc-a").await.unwrap().expect("cm-inc-a is stored");
+    assert_eq!(inc_a.version, 4, "{what}: incident overwritten");
+    assert_eq!(store.unit("cm-never-unit").await.unwrap(), None, "{what}: unit written");
+    let near = store.nearest_units(URUMQI.0, URUMQI.1, 100.0, 10).await.unwrap();
+    assert!(
+        !near.iter().any(|n| n.unit == "cm-never-unit"),
+        "{what}: unit indexed: {near:?}"
+    );
+    assert_eq!(store.get_key("cm:never").await.unwrap(), None, "{what}: key set");
+    assert_eq!(
+        store.get_key("cm:doomed").await.unwrap().as_deref(),
+        Some("still here"),
+        "{what}: key deleted"
+    );
+}
+
+/// A commit checks every expectation first, then makes every write as the
+/// single-item methods would, or makes none and says which expectation
+/// broke.
+pub async fn commit(store: &dyn Store) {
+    let long = Duration::from_secs(60);
+    let short = Duration::from_millis(200);
+    let cm_ids = |incidents: Vec<Incident>| -> Vec<(String, u64)> {
+        incidents
+            .into_iter()
+            .filter(|i| i.id.starts_with("cm-"))
+            .map(|i| (i.id, i.version))
+            .collect()
+    };
+    let near_ids = |near: Vec<NearbyUnit>| -> Vec<String> { near.into_iter().map(|n| n.unit).collect() };
+
+    assert_eq!(
+        store.commit(&Commit::default()).await.unwrap(),
+        Committed::Done,
+        "an empty commit"
+    );
+
+    store.set_key("cm:fence", "epoch-1", long).await.unwrap();
+    store.set_key("cm:old", "to delete", long).await.unwrap();
+    store.set_key("cm:doomed", "still here", long).await.unwrap();
+    store
+        .put_unit(&unit("cm-u1", UnitStatus::Available, Some(URUMQI)))
+        .await
+        .unwrap();
+    let Claim::Claimed(claimed) = store.claim_unit("cm-u1", "cm-task-1").await.unwrap() else {
+        panic!("cm-u1 is available");
+    };
+    store
+        .put_unit(&unit("cm-idle", UnitStatus::Available, None))
+        .await
+        .unwrap();
+
+    // Every kind of write, under expectations that hold (a claim made with
+    // claim_unit is kept). Positions with 17 significant digits must be
+    // stored exactly.
+    let inc_a = incident("cm-inc-a", 2, IncidentStatus::Dispatched);
+    let inc_b = incident("cm-inc-b", 1, IncidentStatus::Closed);
+    let u2_at = (43.835_612_345_678_91, 87.616_812_345_678_91);
+    let u2 = unit("cm-u2", UnitStatus::Available, Some(u2_at));
+    let u3 = unit("cm-u3", UnitStatus::OffDuty, None);
+    let full = Commit {
+        expect_keys: vec![("cm:fence".to_owned(), "epoch-1".to_owned())],
+        expect_claims: vec![("cm-u1".to_owned(), "cm-task-1".to_owned())],
+        incidents: vec![inc_a.clone(), inc_b.clone()],
+        units: vec![u2.clone(), u3.clone()],
+        set_keys: vec![
+            ("cm:applied".to_owned(), "rec-1".to_owned(), long),
+            ("cm:both".to_owned(), "set".to_owned(), long),
+            ("cm:short".to_owned(), "brief".to_owned(), short),
+        ],
+        delete_keys: vec!["cm:old".to_owned(), "cm:both".to_owned()],
+    };
+    assert_eq!(store.commit(&full).await.unwrap(), Committed::Done);
+    assert_eq!(
+        store.get_key("cm:short").await.unwrap().as_deref(),
+        Some("brief"),
+        "set with its own time to live"
+    );
+    assert_eq!(store.incident("cm-inc-a").await.unwrap(), Some(inc_a.clone()));
+    assert_eq!(
+        store.incident("cm-inc-b").await.unwrap(),
+        Some(inc_b),
+        "closed, still readable"
+    );
+    assert_eq!(
+        cm_ids(store.open_incidents().await.unwrap()),
+        [("cm-inc-a".to_owned(), 2)],
+        "only the open one is open"
+    );
+    assert_eq!(store.unit("cm-u2").await.unwrap(), Some(u2.clone()));
+    assert_eq!(store.unit("cm-u3").await.unwrap(), Some(u3));
+    assert_eq!(store.unit("cm-u1").await.unwrap(), Some(claimed.clone()), "untouched");
+    let near = near_ids(store.nearest_units(URUMQI.0, URUMQI.1, 5_000.0, 10).await.unwrap());
+    assert_eq!(near, ["cm-u1", "cm-u2"], "the committed unit is indexed");
+    assert_eq!(store.get_key("cm:applied").await.unwrap().as_deref(), Some("rec-1"));
+    assert_eq!(
+        store.get_key("cm:both").await.unwrap().as_deref(),
+        Some("set"),
+        "deleted, then set"
+    );
+    assert_eq!(store.get_key("cm:old").await.unwrap(), None, "deleted");
+    assert_eq!(store.get_key("cm:fence").await.unwrap().as_deref(), Some("epoch-1"));
+
+    // An older version never overwrites a newer one, also within one
+    // commit; the rest of the commit is still made. A unit committed
+    // without position leaves the index.
+    let inc_a4 = incident("cm-inc-a", 4, IncidentStatus::OnScene);
+    let mut u1_lost = claimed.clone();
+    u1_lost.lat = None;
+    u1_lost.lon = None;
+    let versions = Commit {
+        incidents: vec![
+            incident("cm-inc-a", 1, IncidentStatus::New),
+            inc_a4.clone(),
+            incident("cm-inc-a", 3, IncidentStatus::Dispatched),
+        ],
+        units: vec![u1_lost.clone()],
+        set_keys: vec![("cm:applied".to_owned(), "rec-2".to_owned(), long)],
+        ..Commit::default()
+    };
+    assert_eq!(store.commit(&versions).await.unwrap(), Committed::Done);
+    assert_eq!(
+        store.incident("cm-inc-a").await.unwrap(),
+        Some(inc_a4.clone()),
+        "newest wins"
+    );
+    assert_eq!(store.get_key("cm:applied").await.unwrap().as_deref(), Some("rec-2"));
+    assert_eq!(store.unit("cm-u1").await.unwrap(), Some(u1_lost));
+    let near = near_ids(store.nearest_units(URUMQI.0, URUMQI.1, 5_000.0, 10).await.unwrap());
+    assert_eq!(near, ["cm-u2"], "a unit without position leaves the index");
+
+    // A wrong or missing expected key writes nothing and says what it found;
+    // expectations are checked in order, after the ones that hold.
+    let broken_keys = [
+        (
+            vec![("cm:fence", "epoch-0")],
+            Committed::KeyChanged {
+                key: "cm:fence".to_owned(),
+                found: Some("epoch-1".to_owned()),
+            },
+        ),
+        (
+            vec![("cm:fence", "epoch-1"), ("cm:missing", "epoch-1")],
+            Committed::KeyChanged {
+                key: "cm:missing".to_owned(),
+                found: None,
+            },
+        ),
+    ];
+    for (expect, outcome) in broken_keys {
+        let broken = Commit {
+            expect_keys: expect.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            expect_claims: vec![("cm-u1".to_owned(), "cm-task-1".to_owned())],
+            ..doomed_writes()
+        };
+        assert_eq!(store.commit(&broken).await.unwrap(), outcome);
+        assert_nothing_written(store, &format!("{outcome:?}")).await;
+    }
+
+    // A lost claim writes nothing: the unit works on another task, on none,
+    // or is unknown.
+    let lost_claims = [
+        ("cm-u1", "cm-task-2", Some("cm-task-1")),
+        ("cm-idle", "cm-task-1", None),
+        ("cm-nobody", "cm-task-1", None),
+    ];
+    for (unit_id, task, found) in lost_claims {
+        let broken = Commit {
+            expect_keys: vec![("cm:fence".to_owned(), "epoch-1".to_owned())],
+            expect_claims: vec![
+                ("cm-u1".to_owned(), "cm-task-1".to_owned()),
+                (unit_id.to_owned(), task.to_owned()),
+            ],
+            ..doomed_writes()
+        };
+        let outcome = Committed::ClaimLost {
+            unit: unit_id.to_owned(),
+            task: found.map(str::to_owned),
+        };
+        assert_eq!(store.commit(&broken).await.unwrap(), outcome);
+        assert_nothing_written(store, &format!("{outcome:?}")).await;
+    }
+
+    // Expectations alone, all holding: nothing to write, done.
+    let checks_only = Commit {
+        expect_keys: vec![("cm:fence".to_owned(), "epoch-1".to_owned())],
+        expect_claims: vec![("cm-u1".to_owned(), "cm-task-1".to_owned())],
+        ..Commit::default()
+    };
+    assert_eq!(store.commit(&checks_only).await.unwrap(), Committed::Done);
+
+    // Hundreds of entries in one commit.
+    let n = 300;
+    let big = Commit {
+        expect_keys: vec![("cm:fence".to_owned(), "epoch-1".to_owned()); n],
+        incidents: (0..n)
+            .map(|i| incident(&format!("cm-big-{i}"), 1, IncidentStatus::New))
+            .collect(),
+        units: (0..n)
+            .map(|i| unit(&format!("cm-big-{i}"), UnitStatus::OffDuty, None))
+            .collect(),
+        set_keys: (0..n).map(|i| (format!("cm:big:{i}"), format!("v{i}"), long)).collect(),
+        delete_keys: (0..n).map(|i| format!("cm:big-gone:{i}")).collect(),
+        ..Commit::default()
+    };
+    assert_eq!(store.commit(&big).await.unwrap(), Committed::Done);
+    let keys: Vec<String> = (0..n).map(|i| format!("cm:big:{i}")).collect();
+    let values = store.get_keys(&keys).await.unwrap();
+    assert!(
+        values
+            .iter()
+            .enumerate()
+            .all(|(i, v)| v.as_deref() == Some(format!("v{i}").as_str())),
+        "every key of a large commit is set"
+    );
+    let ids: Vec<String> = (0..n).map(|i| format!("cm-big-{i}")).collect();
+    assert!(store.units_by_id(&ids).await.unwrap().iter().all(Option::is_some));
+    let open = cm_ids(store.open_incidents().await.unwrap());
+    assert_eq!(open.iter().filter(|(id, _)| id.starts_with("cm-big-")).count(), n);
+
+    // Time to live: the short key expires, the others stay.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.get_key("cm:short").await.unwrap(), None, "short key expired");
+    assert_eq!(store.get_key("cm:applied").await.unwrap().as_deref(), Some("rec-2"));
 }
