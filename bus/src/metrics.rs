@@ -33,6 +33,13 @@ pub const ROUTER_SLA_MET_TOTAL: &str = "qzx_router_sla_met_total";
 pub const ROUTER_SLA_BREACHED_TOTAL: &str = "qzx_router_sla_breached_total";
 pub const ROUTER_REPEATS_TOTAL: &str = "qzx_router_repeats_total";
 pub const ROUTER_DIVERTED_TOTAL: &str = "qzx_router_diverted_total";
+/// Records a new owner republished from a previous owner's outbox.
+pub const ROUTER_REPUBLISHED_TOTAL: &str = "qzx_router_republished_total";
+/// Batches thrown away and handled again, by reason (fenced, claim_lost,
+/// store_lost).
+pub const ROUTER_CONFLICTS_TOTAL: &str = "qzx_router_conflicts_total";
+/// Units freed by the reconciler: held by a task that was not open.
+pub const ROUTER_RECONCILED_TOTAL: &str = "qzx_router_reconciled_total";
 
 // api
 pub const API_WS_CONNECTIONS: &str = "qzx_api_ws_connections";

@@ -293,6 +293,17 @@ pub enum TaskKind {
     Investigate,
 }
 
+impl TaskKind {
+    /// The JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Respond => "respond",
+            TaskKind::Reinforce => "reinforce",
+            TaskKind::Investigate => "investigate",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
@@ -305,6 +316,18 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    /// The JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Issued => "issued",
+            TaskStatus::Acknowledged => "acknowledged",
+            TaskStatus::EnRoute => "en_route",
+            TaskStatus::OnScene => "on_scene",
+            TaskStatus::Cleared => "cleared",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
     pub fn is_open(self) -> bool {
         !matches!(self, TaskStatus::Cleared | TaskStatus::Cancelled)
     }
@@ -486,6 +509,21 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The command's `op` name, as clients send it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Command::Ack { .. } => "ack",
+            Command::Status { .. } => "status",
+            Command::Position { .. } => "position",
+            Command::Assign { .. } => "assign",
+            Command::Divert { .. } => "divert",
+            Command::Escalate { .. } => "escalate",
+            Command::Close { .. } => "close",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -494,6 +532,19 @@ pub enum Role {
     Operator,
     Analyst,
     Admin,
+}
+
+impl Role {
+    /// The JSON name, as in a token's `role` claim.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Unit => "unit",
+            Role::Operator => "operator",
+            Role::Analyst => "analyst",
+            Role::Admin => "admin",
+        }
+    }
 }
 
 /// Who issued a command, from their token.
@@ -531,6 +582,10 @@ pub enum EscalationKind {
     Rejected,
     /// No available unit could be found for a task.
     NoUnit,
+    /// A unit was found held by a task that is not open (its claim outlived
+    /// a router killed before it recorded the task) and was made available
+    /// again.
+    Reconciled,
 }
 
 /// Value of the `escalations` topic, keyed by incident id.
@@ -653,6 +708,21 @@ impl DeadLetter {
 /// A new unique id: UUIDv7, so ids sort by creation time.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+/// Value of the `positions` topic (keyed by unit id): where a unit was at
+/// `at`, as an AVL report (`POST /v1/positions`) gave it. It says nothing
+/// of what the unit is doing: status and task are the router's, on the
+/// `units` topic, which only the router writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PositionReport {
+    pub unit: String,
+    pub lat: f64,
+    pub lon: f64,
+    /// When the unit was there (the receive time when the report had none).
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed_kmh: Option<f64>,
 }
 
 #[cfg(test)]

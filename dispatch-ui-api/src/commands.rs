@@ -47,18 +47,6 @@ fn culprit(value: &Value) -> Option<String> {
     })
 }
 
-fn op(command: &Command) -> &'static str {
-    match command {
-        Command::Ack { .. } => "ack",
-        Command::Status { .. } => "status",
-        Command::Position { .. } => "position",
-        Command::Assign { .. } => "assign",
-        Command::Divert { .. } => "divert",
-        Command::Escalate { .. } => "escalate",
-        Command::Close { .. } => "close",
-    }
-}
-
 const MAX_ID: usize = 128;
 const MAX_TEXT: usize = 2000;
 
@@ -152,7 +140,7 @@ pub async fn execute(
     command: Command,
     unit: Option<&str>,
 ) -> Result<String, ApiError> {
-    let op = op(&command);
+    let op = command.as_str();
     let result = publish(state, claims, command, unit).await;
     let outcome = match &result {
         Ok(_) => "ok",

@@ -256,7 +256,7 @@
 
   /*
    * Escalations (bus::model::Escalation: kind sla_breach | escalate |
-   * redispatch | rejected | no_unit, stage, desks, unit_type, message, by).
+   * redispatch | rejected | no_unit | reconciled, stage, desks, unit_type, message, by).
    * A command the router rejected after the api accepted it arrives here
    * (`by` is who sent it), so a rejection of ours and `no_unit` are errors
    * the operator must see.
@@ -298,6 +298,7 @@
     redispatch: ['改派', 'Re-dispatched'],
     rejected: ['指令被拒绝', 'Command rejected'],
     no_unit: ['无可派警力', 'No unit available'],
+    reconciled: ['警力状态已纠正', 'Unit freed (reconciled)'],
   };
 
   function onSnapshot(msg) {

@@ -637,6 +637,40 @@ pub fn not_applicable() -> Sla {
     }
 }
 
+/// An incident that leaves the police's hands (closed, diverted,
+/// cancelled): the stages still pending no longer apply.
+pub fn pending_to_na(incident: &mut Incident) {
+    for stage in Stage::ALL {
+        if incident.sla.get(stage) == SlaState::Pending {
+            incident.sla.set(stage, SlaState::NotApplicable);
+        }
+    }
+    if incident.status == IncidentStatus::Diverted && incident.deadlines.is_none() {
+        incident.sla = not_applicable();
+    }
+}
+
+/// Timeline entries kept on an incident: a matter with endless repeat calls
+/// must not grow its snapshot past what the broker accepts. The first
+/// entries (creation, score, desks) are always kept.
+pub const MAX_TIMELINE: usize = 300;
+const TIMELINE_HEAD: usize = 10;
+
+/// Elides the oldest entries after the head of a timeline longer than
+/// [`MAX_TIMELINE`].
+pub fn trim_timeline(incident: &mut Incident, now: Timestamp) {
+    let len = incident.timeline.len();
+    if len <= MAX_TIMELINE {
+        return;
+    }
+    let cut = len - MAX_TIMELINE + 1;
+    incident.timeline.drain(TIMELINE_HEAD..TIMELINE_HEAD + cut);
+    incident.timeline.insert(
+        TIMELINE_HEAD,
+        entry(now, format!("{cut} earlier entries elided"), BY_ROUTER),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -683,6 +717,29 @@ mod tests {
     fn create(e: &Engine, ev: &Event) -> Incident {
         let score = e.scorer().score(ev, 1);
         e.new_incident(ev, &score, ev.received_at)
+    }
+
+    #[test]
+    fn a_long_timeline_keeps_its_head_and_its_newest_entries() {
+        let now = t0();
+        let mut incident = create(&engine(), &event("e", Source::Call110, "theft", "", 36.665, 117.025, 0));
+        incident.timeline = (0..1000)
+            .map(|i| TimelineEntry {
+                at: now,
+                what: format!("e{i}"),
+                by: "x".into(),
+            })
+            .collect();
+        trim_timeline(&mut incident, now);
+        assert_eq!(incident.timeline.len(), MAX_TIMELINE);
+        assert_eq!(incident.timeline[0].what, "e0");
+        assert_eq!(incident.timeline[TIMELINE_HEAD - 1].what, "e9");
+        assert!(incident.timeline[TIMELINE_HEAD].what.contains("elided"));
+        assert_eq!(incident.timeline.last().unwrap().what, "e999");
+        assert_eq!(
+            incident.timeline[TIMELINE_HEAD + 1].what,
+            format!("e{}", 1000 - MAX_TIMELINE + TIMELINE_HEAD + 1)
+        );
     }
 
     fn unit(id: &str, t: UnitType) -> Unit {

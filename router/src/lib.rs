@@ -7,17 +7,25 @@
 //! tasks, unit states, escalations) before the input record is committed.
 //!
 //! Layout: [`score`] and [`engine`] are the pure core (configuration and an
-//! explicit `now` in, decisions out); [`service`] is the IO edge (Store,
-//! producer); [`rebuild`] refills a lost Store from the compacted topics;
-//! [`start`] wires them into the supervisor. Nothing here speaks HTTP, and
-//! no other service may write incident state.
+//! explicit `now` in, decisions out); `events`, `commands` (one file per
+//! command), `dispatch` and `clock` are the handlers, which read and write
+//! only through a transaction of [`tx`], the only code that writes the
+//! Store or sends a record; [`service`] decodes records and runs the batch;
+//! [`rebuild`] refills a lost Store from the compacted topics; [`start`]
+//! wires them into the supervisor. Nothing here speaks HTTP, and no other
+//! service may write incident state.
 
+mod clock;
+mod commands;
+mod dispatch;
 pub mod engine;
+mod events;
 pub mod partition;
 pub mod rebuild;
 pub mod score;
 pub mod service;
 pub mod travel;
+pub mod tx;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 pub use engine::Engine;
 pub use service::Router;
 pub use travel::{StraightLine, TravelTime};
+pub use tx::{CrashPoint, Publish, Recorder};
 
 /// Topics the router reads or writes.
 pub const TOPICS: [Topic; 7] = [
@@ -138,7 +147,11 @@ async fn run(
         tokio::select! {
             biased;
             _ = token.cancelled() => break,
-            _ = assignment.changed() => continue,
+            // Marks the change seen: the reload above must run for it.
+            _ = assignment.changed() => {
+                reload = true;
+                continue;
+            }
             _ = tick.tick() => {
                 if let Err(e) = router.tick(chrono::Utc::now()).await {
                     tracing::warn!(error = %format!("{e:#}"), "clock tick failed");
@@ -181,6 +194,14 @@ async fn run(
                                 _ = tokio::time::sleep(backoff) => {}
                             }
                             backoff = (backoff * 2).min(RETRY_MAX);
+                            if assignment.has_changed().unwrap_or(false) {
+                                // A rebalance: every partition is assigned
+                                // afresh from its committed offset, so the
+                                // records left here come again to whoever
+                                // owns them now. Take the new ones over
+                                // first.
+                                break;
+                            }
                         }
                     }
                 }

@@ -17,7 +17,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::service::task_key;
+use crate::tx::task_key;
 
 /// Present while the Store holds everything the topics hold.
 pub const MARKER: &str = "router:rebuilt";

@@ -129,7 +129,7 @@ async fn a_record_sees_what_the_records_before_it_in_its_batch_changed() {
 }
 
 #[tokio::test]
-async fn a_failed_publish_undoes_the_batch_and_the_retry_applies_each_record_once() {
+async fn a_failed_publish_keeps_the_committed_decision_and_the_retry_republishes_it() {
     let ctx = bus::testing::context("router-batch-fail", BrokerChoice::Embedded, |c| {
         c.kafka.delivery_timeout_ms = 1500;
         c.kafka.embedded_brokers = 1;
@@ -146,35 +146,52 @@ async fn a_failed_publish_undoes_the_batch_and_the_retry_applies_each_record_onc
     broker.broker_down(1).unwrap();
     let failed = r.handle_all(&batch, t0()).await.unwrap_err();
     assert_eq!(failed.handled, 0, "nothing counts as handled: {failed}");
-    assert_eq!(r.open_incidents().count(), 0, "the staged incidents were thrown away");
-    assert!(ctx.store.open_incidents().await.unwrap().is_empty());
+    // The decision was committed before publishing: it is kept, claims and
+    // all, and will be republished as it is.
+    let committed = ctx.store.open_incidents().await.unwrap();
+    assert_eq!(committed.len(), 2, "{committed:#?}");
     for id in ["u-1", "u-2"] {
-        let u = unit_state(&ctx, id).await;
-        assert_eq!(u.status, UnitStatus::Available, "{id}'s claim was released");
-        assert_eq!(u.task, None);
+        assert_eq!(
+            unit_state(&ctx, id).await.status,
+            UnitStatus::Assigned,
+            "{id} stays claimed"
+        );
     }
 
     broker.broker_up(1).unwrap();
-    let mut retried = r.handle_all(&batch, t0()).await;
-    for _ in 0..20 {
+    let mut retried = r.handle_all(&batch, secs(t0(), 1)).await;
+    for i in 0..20 {
         if retried.is_ok() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        retried = r.handle_all(&batch, t0()).await;
+        retried = r.handle_all(&batch, secs(t0(), 2 + i)).await;
     }
     retried.unwrap();
     let open = ctx.store.open_incidents().await.unwrap();
-    assert_eq!(open.len(), 2, "one incident per event: {open:#?}");
+    assert_eq!(open, committed, "the same incidents, not recomputed ones");
     let mut units: Vec<String> = open
         .iter()
         .flat_map(|i| i.units.iter().map(|u| u.unit.clone()))
         .collect();
     units.sort();
     assert_eq!(units, ["u-1", "u-2"], "each unit tasked once");
+    // What reached the topic is the committed decision.
+    let ids: Vec<String> = committed.iter().map(|i| i.id.clone()).collect();
+    let published = read_until(&ctx, Topic::Incidents, Duration::from_secs(10), |rs| {
+        ids.iter()
+            .all(|id| rs.iter().any(|r| r.key.as_deref() == Some(id.as_str())))
+    })
+    .await;
+    let mut keys: Vec<String> = published.iter().filter_map(|r| r.key.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(keys, want, "no other incident was ever published");
     // Handling the batch again changes nothing.
-    r.handle_all(&batch, t0()).await.unwrap();
-    assert_eq!(ctx.store.open_incidents().await.unwrap().len(), 2);
+    r.handle_all(&batch, secs(t0(), 30)).await.unwrap();
+    assert_eq!(ctx.store.open_incidents().await.unwrap(), committed);
 }
 
 #[tokio::test]

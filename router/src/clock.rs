@@ -1,0 +1,220 @@
+//! The router's clock: each tick breaches the 1-3-5 stages past their
+//! deadline (escalation, metric, timeline, re-dispatch of a task not
+//! acknowledged), retries dispatch for incidents still waiting for units,
+//! and now and then reconciles unit claims: a unit held by a task that is
+//! not open (its claim outlived a router killed before it recorded the
+//! task) is made available again, with an escalation saying so.
+//!
+//! Works only on what this instance owns, one transaction per incident or
+//! unit; never blocks live records for long (bounded work per tick).
+
+use std::collections::HashMap;
+
+use bus::model::{EscalationKind, Incident, Stage, Task, Timestamp, Unit, UnitStatus};
+
+use crate::dispatch::{escalation, needs_units, redispatch, top_up};
+use crate::engine::{Engine, derive_status};
+use crate::tx::{Books, Tx, task_key};
+
+/// Waiting incidents the clock retries each tick besides one per unit
+/// freed since the last tick.
+const WAITING_RETRIES_PER_TICK: usize = 4;
+/// How often unit claims are reconciled.
+const RECONCILE_EVERY_S: i64 = 10;
+/// A claim is undone only when it was found dangling on two passes at
+/// least this far apart: a claim whose batch is being committed right now
+/// looks dangling for a few milliseconds (and if it is undone anyway, that
+/// commit fails and its batch is handled again).
+const RECONCILE_GRACE_S: i64 = 10;
+
+/// What the clock remembers between ticks.
+#[derive(Debug, Default)]
+pub(crate) struct Clock {
+    /// When dispatch was last retried for a waiting incident.
+    retried: HashMap<String, Timestamp>,
+    /// Units found held by a task that is not open: the task, and when.
+    dangling: HashMap<String, (String, Timestamp)>,
+    last_reconcile: Option<Timestamp>,
+}
+
+impl Clock {
+    /// Whether a reconcile pass is due at `now` (and from then on, not).
+    pub fn reconcile_due(&mut self, now: Timestamp) -> bool {
+        let due = self
+            .last_reconcile
+            .is_none_or(|last| (now - last).num_seconds() >= RECONCILE_EVERY_S);
+        if due {
+            self.last_reconcile = Some(now);
+        }
+        due
+    }
+}
+
+fn clock_due(incident: &Incident, now: Timestamp) -> bool {
+    incident.deadlines.as_ref().is_some_and(|d| {
+        Stage::ALL
+            .iter()
+            .any(|s| incident.sla.get(*s) == bus::model::SlaState::Pending && now > d.get(*s))
+    })
+}
+
+/// One tick over the open incidents this instance holds; stages one
+/// transaction per incident that changed.
+pub(crate) async fn tick(books: &mut Books, engine: &Engine, clock: &mut Clock, now: Timestamp) -> anyhow::Result<()> {
+    let mut due: Vec<String> = Vec::new();
+    let mut waiting: Vec<&Incident> = Vec::new();
+    for incident in books.open.values() {
+        if clock_due(incident, now) {
+            due.push(incident.id.clone());
+        } else if needs_units(engine, incident) {
+            waiting.push(incident);
+        }
+    }
+    // A unit frees up for one incident: each tick retries as many waiting
+    // incidents as units were freed since the last, plus a few (units
+    // another instance freed), most urgent and longest untried first.
+    // Retrying all of them would scan every unit for every waiting
+    // incident, and a backlog would starve the live records.
+    let budget = WAITING_RETRIES_PER_TICK + books.freed;
+    let mut ranked: Vec<_> = waiting
+        .iter()
+        .map(|i| {
+            (
+                (i.priority, clock.retried.get(&i.id).copied(), i.created_at),
+                i.id.as_str(),
+            )
+        })
+        .collect();
+    if ranked.len() > budget {
+        ranked.select_nth_unstable(budget);
+        ranked.truncate(budget);
+    }
+    ranked.sort_unstable();
+    let retry: Vec<String> = ranked.iter().map(|(_, id)| (*id).to_owned()).collect();
+    books.freed = 0;
+    clock.retried.retain(|id, _| books.open.contains_key(id));
+    for id in &retry {
+        clock.retried.insert(id.clone(), now);
+    }
+    due.extend(retry);
+    for id in due {
+        let Some(incident) = books.open.get(&id).cloned() else {
+            continue;
+        };
+        let partition = books.partition_of(&incident.jurisdiction);
+        let mut tx = Tx::begin(books, partition, None);
+        match step(&mut tx, engine, incident, now).await {
+            Ok(()) => tx.stage(now).await?,
+            Err(e) => {
+                tx.abort().await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One incident's clock step within `tx`.
+async fn step(tx: &mut Tx<'_>, engine: &Engine, mut incident: Incident, now: Timestamp) -> anyhow::Result<()> {
+    let before = incident.clone();
+    if needs_units(engine, &incident) {
+        top_up(tx, engine, &mut incident, now).await?;
+    }
+    for stage in engine.clock(&mut incident, now) {
+        metrics::counter!(bus::metrics::ROUTER_SLA_BREACHED_TOTAL, "stage" => stage.as_str()).increment(1);
+        tracing::info!(incident = %incident.id, stage = stage.as_str(), "sla stage breached");
+        let desks = vec![engine.config().router.supervisor_desk.clone()];
+        let message = format!("{} target breached", stage.as_str());
+        let mut breach = escalation(&incident, EscalationKind::SlaBreach, now, message, desks);
+        breach.stage = Some(stage);
+        tx.escalate(breach);
+        if stage == Stage::Respond {
+            redispatch(tx, engine, &mut incident, now).await?;
+        }
+    }
+    derive_status(&mut incident);
+    if incident != before || tx.has_outputs() {
+        tx.put_incident(incident);
+    }
+    Ok(())
+}
+
+/// Frees the units of owned jurisdictions that a task not open holds,
+/// once found so on two passes `RECONCILE_GRACE_S` apart. Reads every unit
+/// and their tasks in two Store round trips.
+pub(crate) async fn reconcile(
+    books: &mut Books,
+    engine: &Engine,
+    clock: &mut Clock,
+    now: Timestamp,
+) -> anyhow::Result<usize> {
+    let units = books.store.units().await?;
+    let held: Vec<Unit> = units
+        .into_iter()
+        .filter(|u| u.task.is_some() && books.owns(books.partition_of(&u.jurisdiction)))
+        .collect();
+    let keys: Vec<String> = held.iter().filter_map(|u| u.task.as_deref()).map(task_key).collect();
+    let tasks = books.store.get_keys(&keys).await?;
+    let mut dangling = HashMap::new();
+    let mut freed = 0;
+    for (unit, task) in held.into_iter().zip(tasks) {
+        let task_id = unit.task.clone().unwrap_or_default();
+        let task: Option<Task> = task.and_then(|json| serde_json::from_str(&json).ok());
+        if task.as_ref().is_some_and(|t| t.status.is_open() && t.unit == unit.id) {
+            continue;
+        }
+        let first = match clock.dangling.get(&unit.id) {
+            Some((t, first)) if *t == task_id => *first,
+            _ => now,
+        };
+        if (now - first).num_seconds() < RECONCILE_GRACE_S {
+            dangling.insert(unit.id.clone(), (task_id, first));
+            continue;
+        }
+        let desk = engine.config().router.supervisor_desk.clone();
+        free(books, unit, &task_id, task.as_ref(), desk, now).await?;
+        freed += 1;
+    }
+    clock.dangling = dangling;
+    Ok(freed)
+}
+
+/// Makes `unit` available again, unless it no longer works on `task_id`
+/// when the transaction commits.
+async fn free(
+    books: &mut Books,
+    mut unit: Unit,
+    task_id: &str,
+    task: Option<&Task>,
+    desk: String,
+    now: Timestamp,
+) -> anyhow::Result<()> {
+    let why = match task {
+        Some(t) => format!("its task {task_id} is {}", t.status.as_str()),
+        None => format!("its task {task_id} was never recorded"),
+    };
+    tracing::warn!(unit = %unit.id, task = %task_id, "unit freed by the reconciler: {why}");
+    metrics::counter!(bus::metrics::ROUTER_RECONCILED_TOTAL).increment(1);
+    let partition = books.partition_of(&unit.jurisdiction);
+    let mut tx = Tx::begin(books, partition, None);
+    tx.expect_claim(&unit.id, task_id);
+    let freed = bus::model::Escalation {
+        id: format!("reconciled:{}:{task_id}", unit.id),
+        incident: task.map(|t| t.incident.clone()).unwrap_or_default(),
+        jurisdiction: unit.jurisdiction.clone(),
+        at: now,
+        kind: EscalationKind::Reconciled,
+        stage: None,
+        desks: vec![desk],
+        unit_type: Some(unit.unit_type),
+        message: format!("unit {} made available: {why}", unit.id),
+        by: crate::engine::BY_ROUTER.to_owned(),
+        action: None,
+    };
+    unit.status = UnitStatus::Available;
+    unit.task = None;
+    unit.at = now;
+    tx.put_unit(unit);
+    tx.escalate(freed);
+    tx.stage(now).await
+}

@@ -1,0 +1,209 @@
+//! The router's books: the open incidents and tasks of the jurisdictions
+//! this instance owns (it is their only writer, so this copy is
+//! authoritative), the ids it has applied, and the outputs staged since the
+//! last settle ([`Pending`]). A [`super::Tx`] reads through them in one
+//! order — its own outputs, then the pending ones, then the owned state,
+//! then the Store — and [`super::settle`] makes them durable.
+//!
+//! Nothing here writes the Store or sends a record; that is `settle.rs`.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use bus::kafka::OutRecord;
+use bus::model::{Incident, Task, Unit};
+use bus::store::SharedStore;
+
+use super::Publish;
+use crate::engine::SpatialIndex;
+use crate::partition::partition_of;
+
+/// Applied ids remembered in memory (the Store remembers the rest).
+const RECENT_APPLIED: usize = 20_000;
+
+/// Outputs staged since the last settle: already the router's in-memory
+/// state, not yet committed to the Store (`committed == false`) or not yet
+/// acknowledged by the broker.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    /// By id: the newest staged version of each.
+    pub incidents: HashMap<String, Incident>,
+    pub tasks: HashMap<String, Task>,
+    pub units: HashMap<String, Unit>,
+    pub caprefs: Vec<(String, String)>,
+    /// Ids of the records these outputs apply.
+    pub applied: Vec<String>,
+    /// Units this instance claimed for these outputs (unit, task): released
+    /// if they are thrown away, checked to still hold at the commit.
+    pub claimed: Vec<(String, String)>,
+    /// Claims made by someone else that must still hold at the commit (a
+    /// unit the reconciler frees).
+    pub expected: Vec<(String, String)>,
+    /// Every record to publish, in the order staged, with the partition of
+    /// the events topic it belongs to (its outbox).
+    pub records: Vec<(i32, OutRecord)>,
+    /// The partitions these outputs were staged for: their fencing tokens
+    /// must hold at the commit.
+    pub partitions: BTreeSet<i32>,
+    /// Whether the Store holds all of this (state, markers, outbox): from
+    /// then on it is only ever republished, never recomputed.
+    pub committed: bool,
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+            && self.incidents.is_empty()
+            && self.tasks.is_empty()
+            && self.units.is_empty()
+            && self.caprefs.is_empty()
+            && self.applied.is_empty()
+    }
+}
+
+/// Ids applied lately, oldest forgotten first.
+#[derive(Debug, Default)]
+struct Recent {
+    ids: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+/// The router's state; see the module doc.
+pub(crate) struct Books {
+    pub store: SharedStore,
+    pub publisher: Arc<dyn Publish>,
+    /// Partitions of the events topic (jurisdictions hash onto them).
+    pub partitions: i32,
+    /// The partitions this instance owns; empty before its first
+    /// assignment (tests driving a router directly), when it owns all.
+    pub owned: HashSet<i32>,
+    /// This instance's fencing token: written for each partition it takes
+    /// over, and required by each of its commits for that partition.
+    pub token: String,
+    pub open: HashMap<String, Incident>,
+    /// `open` by place, for repeat linking.
+    pub index: SpatialIndex,
+    /// Open tasks of those incidents.
+    pub tasks: HashMap<String, Task>,
+    recent: Recent,
+    /// Whether the Store marks a record id applied, read for a whole batch
+    /// in one round trip and dropped when the batch is staged.
+    pub prefetched: HashMap<String, bool>,
+    /// Units this instance made available since the last tick.
+    pub freed: usize,
+    pub pending: Pending,
+    #[cfg(feature = "failpoints")]
+    pub crash: Option<super::CrashAt>,
+}
+
+impl Books {
+    pub fn new(store: SharedStore, publisher: Arc<dyn Publish>, partitions: i32, link_reach_m: f64) -> Books {
+        Books {
+            store,
+            publisher,
+            partitions: partitions.max(1),
+            owned: HashSet::new(),
+            token: bus::model::new_id(),
+            open: HashMap::new(),
+            index: SpatialIndex::new(link_reach_m),
+            tasks: HashMap::new(),
+            recent: Recent::default(),
+            prefetched: HashMap::new(),
+            freed: 0,
+            pending: Pending::default(),
+            #[cfg(feature = "failpoints")]
+            crash: None,
+        }
+    }
+
+    pub fn partition_of(&self, jurisdiction: &str) -> i32 {
+        partition_of(jurisdiction, self.partitions)
+    }
+
+    /// Whether this instance writes for `partition`: it owns it, or owns
+    /// nothing yet (a router driven directly by a test).
+    pub fn owns(&self, partition: i32) -> bool {
+        self.owned.is_empty() || self.owned.contains(&partition)
+    }
+
+    /// Whether the record id was applied: in memory, in the batch's
+    /// prefetch, else asked of the Store.
+    pub async fn applied(&self, id: &str) -> anyhow::Result<bool> {
+        if self.recent.ids.contains(id) {
+            return Ok(true);
+        }
+        if let Some(&applied) = self.prefetched.get(id) {
+            return Ok(applied);
+        }
+        Ok(self.store.get_key(&super::applied_key(id)).await?.is_some())
+    }
+
+    /// Reads the applied markers of these ids in one round trip. Best
+    /// effort: on a Store error each record asks again.
+    pub async fn prefetch_applied(&mut self, ids: Vec<String>) {
+        let ids: Vec<String> = ids.into_iter().filter(|id| !self.recent.ids.contains(id)).collect();
+        let keys: Vec<String> = ids.iter().map(|id| super::applied_key(id)).collect();
+        if let Ok(values) = self.store.get_keys(&keys).await {
+            self.prefetched = ids.into_iter().zip(values).map(|(id, v)| (id, v.is_some())).collect();
+        }
+    }
+
+    pub fn remember(&mut self, id: String) {
+        if self.recent.ids.insert(id.clone()) {
+            self.recent.order.push_back(id);
+            while self.recent.order.len() > RECENT_APPLIED {
+                if let Some(old) = self.recent.order.pop_front() {
+                    self.recent.ids.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Forgets ids whose outputs were thrown away, so their records are
+    /// applied when handled again.
+    pub fn forget(&mut self, ids: &[String]) {
+        for id in ids {
+            self.recent.ids.remove(id);
+        }
+        let recent = &self.recent.ids;
+        self.recent.order.retain(|id| recent.contains(id));
+    }
+
+    /// Makes a staged incident the in-memory state: open and owned ones
+    /// are held (and indexed), the rest let go.
+    pub fn hold(&mut self, incident: &Incident) {
+        if incident.status.is_open() && self.owns(self.partition_of(&incident.jurisdiction)) {
+            self.index.insert(incident);
+            self.open.insert(incident.id.clone(), incident.clone());
+        } else {
+            self.index.remove(&incident.id);
+            self.open.remove(&incident.id);
+        }
+    }
+
+    pub fn hold_task(&mut self, task: &Task) {
+        if task.status.is_open() {
+            self.tasks.insert(task.id.clone(), task.clone());
+        } else {
+            self.tasks.remove(&task.id);
+        }
+    }
+
+    /// Replaces the in-memory state of the owned jurisdictions with the
+    /// Store's, which holds exactly what was committed.
+    pub async fn reload(&mut self) -> anyhow::Result<()> {
+        let all = self.store.open_incidents().await?;
+        self.open = all
+            .into_iter()
+            .filter(|i| self.owns(self.partition_of(&i.jurisdiction)))
+            .map(|i| (i.id.clone(), i))
+            .collect();
+        self.index.clear();
+        for incident in self.open.values() {
+            self.index.insert(incident);
+        }
+        self.tasks.clear();
+        metrics::gauge!(bus::metrics::ROUTER_INCIDENTS_OPEN).set(self.open.len() as f64);
+        Ok(())
+    }
+}
