@@ -756,7 +756,7 @@ fn k8s_every_deployment_is_ready_on_readyz_and_outlives_its_drain() {
 }
 
 #[test]
-fn k8s_topics_are_the_seven_with_events_and_actions_co_partitioned() {
+fn k8s_topics_are_every_qzx_topic_with_events_and_actions_co_partitioned() {
     let docs = k8s_docs();
     let pods = k8s_pods(&docs);
     let config = pod_config(pods.first().expect("a Deployment"));

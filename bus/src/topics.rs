@@ -12,10 +12,13 @@ pub enum Topic {
     Units,
     Escalations,
     DeadLetter,
+    /// AVL reports ([`crate::model::PositionReport`]), keyed by unit id.
+    /// Ingest writes them; the units topic is the router's alone.
+    Positions,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 7] = [
+    pub const ALL: [Topic; 8] = [
         Topic::Events,
         Topic::Actions,
         Topic::Incidents,
@@ -23,6 +26,7 @@ impl Topic {
         Topic::Units,
         Topic::Escalations,
         Topic::DeadLetter,
+        Topic::Positions,
     ];
 
     /// The name after the prefix.
@@ -35,6 +39,7 @@ impl Topic {
             Topic::Units => "units",
             Topic::Escalations => "escalations",
             Topic::DeadLetter => "deadletter",
+            Topic::Positions => "positions",
         }
     }
 
@@ -48,10 +53,12 @@ impl Topic {
             Topic::Units => "qzx.unit.v1",
             Topic::Escalations => "qzx.escalation.v1",
             Topic::DeadLetter => "qzx.deadletter.v1",
+            Topic::Positions => "qzx.position.v1",
         }
     }
 
-    /// Incidents and units keep the latest version per id.
+    /// Incidents and units keep the latest version per id; positions are a
+    /// log like events.
     pub fn compacted(self) -> bool {
         matches!(self, Topic::Incidents | Topic::Units)
     }

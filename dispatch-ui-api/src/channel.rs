@@ -83,6 +83,9 @@ pub enum PushKind {
 }
 
 impl PushKind {
+    /// The kind of a record that is pushed as itself. A position report is
+    /// not: the fan-out pushes the unit it moves, as a `unit` (see
+    /// `fanout`).
     pub fn of(topic: Topic) -> Option<PushKind> {
         match topic {
             Topic::Incidents => Some(PushKind::Incident),
@@ -90,7 +93,7 @@ impl PushKind {
             Topic::Events => Some(PushKind::Event),
             Topic::Units => Some(PushKind::Unit),
             Topic::Escalations => Some(PushKind::Escalation),
-            Topic::Actions | Topic::DeadLetter => None,
+            Topic::Actions | Topic::DeadLetter | Topic::Positions => None,
         }
     }
 

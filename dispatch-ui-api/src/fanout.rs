@@ -1,8 +1,15 @@
-//! The fan-out loop: consumes incidents, tasks, units, escalations and
-//! events with this instance's own consumer group (so every instance sees
-//! every record), updates the local [`View`], appends each record once to
-//! the Store history of every channel it belongs to, and hands the push to
-//! the [`Hub`].
+//! The fan-out loop: consumes incidents, tasks, units, escalations, events
+//! and positions with this instance's own consumer group (so every instance
+//! sees every record), updates the local [`View`], appends each record once
+//! to the Store history of every channel it belongs to, and hands the push
+//! to the [`Hub`].
+//!
+//! A position report is not pushed as itself: it moves the view's copy of
+//! its unit (position, speed, `at`; never status or task) and that unit is
+//! pushed exactly as a record of the units topic is (kind `unit`, the same
+//! channels), so clients see live positions although only the router
+//! writes the units topic. A report for a unit the view does not know, or
+//! older than the unit's `at`, pushes nothing.
 //!
 //! Where it starts: the group is new for every process, so it reads each
 //! topic from the earliest retained offset. That rebuilds the view (every
@@ -17,11 +24,13 @@
 //! output, not a client's; stalling every board on it would be worse). A
 //! Store failure is retried: pushes without a cursor could not be resumed.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use bus::kafka::{Brokers, Consumer, Received};
+use bus::model::PositionReport;
 use bus::store::{HistoryLimits, SharedStore};
 use bus::topics::Topic;
 use futures::FutureExt as _;
@@ -31,13 +40,14 @@ use crate::channel::{ChannelName, Cursor, Meta, PushKind, PushRecord, channels_f
 use crate::hub::{Hub, Push};
 use crate::view::View;
 
-/// The topics the api pushes.
-pub const CONSUMED: [Topic; 5] = [
+/// The topics the api pushes (positions as the units they move).
+pub const CONSUMED: [Topic; 6] = [
     Topic::Incidents,
     Topic::Tasks,
     Topic::Units,
     Topic::Escalations,
     Topic::Events,
+    Topic::Positions,
 ];
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -65,7 +75,8 @@ struct Prepared<'a> {
     record: &'a Received,
     kind: PushKind,
     meta: Meta,
-    data: &'a str,
+    /// The record's own bytes; for a position report, the unit it moved.
+    data: Cow<'a, str>,
     dedupe: String,
     payload: Vec<u8>,
     channels: Vec<ChannelName>,
@@ -118,7 +129,7 @@ impl Fanout {
             };
             let p = &prepared[i];
             let push = Push {
-                text: Utf8Bytes::from(push_frame(&key, &cursor, p.kind, p.data, false)),
+                text: Utf8Bytes::from(push_frame(&key, &cursor, p.kind, &p.data, false)),
                 channel: key,
                 cursor: parsed,
                 meta: p.meta.clone(),
@@ -141,21 +152,30 @@ impl Fanout {
     }
 
     /// Parses a record and updates the view; `None` when there is nothing
-    /// to push (unreadable, or older than history keeps).
+    /// to push (unreadable, a report that moves no unit, or older than
+    /// history keeps).
     fn prepare<'a>(&self, record: &'a Received, now_ms: i64) -> Option<Prepared<'a>> {
-        let kind = PushKind::of(record.topic)?;
-        let parsed = match PushRecord::parse(kind, &record.payload) {
-            Ok(parsed) => parsed,
-            Err(e) => {
-                tracing::warn!(topic = record.topic.suffix(), partition = record.partition, offset = record.offset, error = %e, "unreadable record skipped");
-                return None;
-            }
+        let unreadable = |e: serde_json::Error| {
+            tracing::warn!(topic = record.topic.suffix(), partition = record.partition, offset = record.offset, error = %e, "unreadable record skipped");
+        };
+        let (parsed, data) = if record.topic == Topic::Positions {
+            let report: PositionReport = serde_json::from_slice(&record.payload).map_err(unreadable).ok()?;
+            let unit = self.view.moved_unit(&report)?;
+            let data = serde_json::to_string(&unit).map_err(unreadable).ok()?;
+            (PushRecord::Unit(unit), Cow::Owned(data))
+        } else {
+            let kind = PushKind::of(record.topic)?;
+            let parsed = PushRecord::parse(kind, &record.payload).map_err(unreadable).ok()?;
+            // The record's own bytes go out as `data`: valid JSON, just parsed.
+            (parsed, Cow::Borrowed(std::str::from_utf8(&record.payload).ok()?))
         };
         let meta = parsed.meta();
+        let kind = meta.kind;
         match parsed {
             PushRecord::Incident(incident) => self.view.apply_incident(incident),
             PushRecord::Task(task) => self.view.apply_task(task),
-            PushRecord::Event(_) | PushRecord::Unit(_) | PushRecord::Escalation(_) => {}
+            PushRecord::Unit(unit) => self.view.apply_unit(unit),
+            PushRecord::Event(_) | PushRecord::Escalation(_) => {}
         }
         // Records older than the history keeps (the catch-up at start) only
         // rebuild the view: appending them again would re-push old news.
@@ -164,15 +184,13 @@ impl Fanout {
         {
             return None;
         }
-        // The record's own bytes go out as `data`: valid JSON, checked above.
-        let data = std::str::from_utf8(&record.payload).ok()?;
         let channels = channels_for(&meta);
         Some(Prepared {
             record,
             kind,
-            data,
             dedupe: format!("{}:{}:{}", record.topic.suffix(), record.partition, record.offset),
-            payload: history_payload(kind, &record.payload),
+            payload: history_payload(kind, data.as_bytes()),
+            data,
             channels,
             meta,
         })

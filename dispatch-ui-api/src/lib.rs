@@ -59,13 +59,14 @@ pub(crate) struct AppState {
 }
 
 /// The topics the api reads or writes.
-const TOPICS: [Topic; 6] = [
+const TOPICS: [Topic; 7] = [
     Topic::Actions,
     Topic::Incidents,
     Topic::Tasks,
     Topic::Units,
     Topic::Escalations,
     Topic::Events,
+    Topic::Positions,
 ];
 
 /// Starts the api: creates its topics, starts the fan-out consumer (group

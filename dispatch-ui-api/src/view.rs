@@ -1,7 +1,9 @@
 //! The api's local view of what the router publishes: every task's latest
 //! version (the open tasks of each unit are a terminal's snapshot), recent
-//! incidents (closed ones are no longer in the Store's open set) and when
-//! each incident reached the 1-3-5 stages (for response-time percentiles).
+//! incidents (closed ones are no longer in the Store's open set), when
+//! each incident reached the 1-3-5 stages (for response-time percentiles)
+//! and every unit, whose position the positions topic moves between the
+//! router's versions (the fan-out pushes the moved unit as a unit push).
 //!
 //! It is rebuilt from the topics at start and only ever read by requests;
 //! it never writes the Store (only the router does). Closed items are kept
@@ -10,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use bus::model::{Incident, Task, TaskStatus, Timestamp};
+use bus::model::{Incident, PositionReport, Task, TaskStatus, Timestamp, Unit};
 
 /// How many closed tasks and closed incidents are remembered.
 pub const CLOSED_KEPT: usize = 20_000;
@@ -31,6 +33,8 @@ struct Inner {
     incidents: HashMap<String, Incident>,
     closed_incidents: VecDeque<String>,
     stages: HashMap<String, StageTimes>,
+    /// Every unit the router published (bounded by the roster).
+    units: HashMap<String, Unit>,
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +96,43 @@ impl View {
         inner.incidents.insert(incident.id.clone(), incident);
     }
 
+    /// Takes a unit version from the units topic (the router's): its
+    /// status, task, type and jurisdiction always win. Its position does
+    /// only when it is not older than the one held: a report the router had
+    /// not read yet when it wrote this version stays.
+    pub fn apply_unit(&self, mut unit: Unit) {
+        let mut inner = self.lock();
+        if let Some(held) = inner.units.get(&unit.id)
+            && held.at > unit.at
+        {
+            unit.lat = held.lat;
+            unit.lon = held.lon;
+            unit.speed_kmh = held.speed_kmh;
+            unit.at = held.at;
+        }
+        inner.units.insert(unit.id.clone(), unit);
+    }
+
+    /// The unit as a position report leaves it: position, speed and `at`
+    /// from the report, everything else (status, task) as held. `None` for
+    /// a unit the view does not know (the router registers units) or a
+    /// report older than the unit's `at`. Changes nothing: the caller
+    /// applies the result with [`View::apply_unit`], like any unit version.
+    pub fn moved_unit(&self, report: &PositionReport) -> Option<Unit> {
+        let inner = self.lock();
+        let held = inner.units.get(&report.unit)?;
+        if report.at < held.at {
+            return None;
+        }
+        Some(Unit {
+            lat: Some(report.lat),
+            lon: Some(report.lon),
+            speed_kmh: report.speed_kmh,
+            at: report.at,
+            ..held.clone()
+        })
+    }
+
     pub fn task(&self, id: &str) -> Option<Task> {
         self.lock().tasks.get(id).cloned()
     }
@@ -125,8 +166,8 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bus::model::TaskKind;
-    use chrono::Utc;
+    use bus::model::{TaskKind, UnitStatus, UnitType};
+    use chrono::{Duration, Utc};
 
     fn task(id: &str, unit: &str, version: u64, status: TaskStatus) -> Task {
         let now = Utc::now();
@@ -175,6 +216,62 @@ mod tests {
         assert_eq!(stages.acknowledged, Some(first_ack));
         assert_eq!(stages.on_scene.len(), 2);
         assert_eq!(stages.on_scene[0].0, "u1");
+    }
+
+    fn unit(at: Timestamp, status: UnitStatus) -> Unit {
+        Unit {
+            id: "u1".into(),
+            unit_type: UnitType::PatrolCar,
+            jurisdiction: "quancheng".into(),
+            status,
+            lat: Some(36.60),
+            lon: Some(117.00),
+            at,
+            task: Some("t1".into()),
+            speed_kmh: None,
+            name: None,
+        }
+    }
+
+    fn report(at: Timestamp, lat: f64) -> PositionReport {
+        PositionReport {
+            unit: "u1".into(),
+            lat,
+            lon: 117.05,
+            at,
+            speed_kmh: Some(30.0),
+        }
+    }
+
+    #[test]
+    fn a_report_moves_a_known_unit_and_never_changes_what_it_does() {
+        let view = View::default();
+        let t0 = Utc::now();
+        assert_eq!(view.moved_unit(&report(t0, 36.7)), None, "unknown unit");
+        view.apply_unit(unit(t0, UnitStatus::EnRoute));
+        let moved = view.moved_unit(&report(t0 + Duration::seconds(5), 36.7)).unwrap();
+        assert_eq!(
+            (moved.lat, moved.lon, moved.speed_kmh, moved.at),
+            (Some(36.7), Some(117.05), Some(30.0), t0 + Duration::seconds(5))
+        );
+        assert_eq!((moved.status, moved.task.as_deref()), (UnitStatus::EnRoute, Some("t1")));
+        assert_eq!(
+            view.lock().units["u1"].clone().lat,
+            Some(36.60),
+            "moved_unit changes nothing"
+        );
+        view.apply_unit(moved);
+        assert_eq!(
+            view.moved_unit(&report(t0 + Duration::seconds(1), 36.8)),
+            None,
+            "older report"
+        );
+        // The router's next version, written before it saw that report:
+        // its status wins, the newer position stays.
+        view.apply_unit(unit(t0 + Duration::seconds(2), UnitStatus::OnScene));
+        let held = view.lock().units["u1"].clone();
+        assert_eq!((held.status, held.lat), (UnitStatus::OnScene, Some(36.7)));
+        assert_eq!(held.at, t0 + Duration::seconds(5));
     }
 
     #[test]

@@ -467,3 +467,91 @@ async fn escalations_units_and_events_reach_their_channels() {
     assert_eq!(got[0]["data"]["id"], event.id.as_str());
     assert_eq!(got[0]["data"]["source"], "call110");
 }
+
+#[tokio::test]
+async fn a_position_report_moves_its_unit_on_the_board_and_topic_units() {
+    use bus::kafka::Producer;
+    use bus::model::{PositionReport, UnitStatus};
+    use bus::topics::Topic;
+    let ctx = context("api-positions", |_| {}).await;
+    let api = Api::start(&ctx).await;
+    let router = FakeRouter::new(&ctx);
+    let ingest = Producer::new(&ctx.brokers, &ctx.config.kafka, ctx.topics.clone(), "/qzx/ingest").unwrap();
+    let mut board = api.ws(&api.token(Role::Operator, &["quancheng"], None)).await;
+    board
+        .subscribe(json!({"op": "subscribe", "channel": "board"}), QUIET)
+        .await;
+    let mut units = api.ws(&api.token(Role::Analyst, &["quancheng"], None)).await;
+    units
+        .subscribe(json!({"op": "subscribe", "channel": "topic:units"}), QUIET)
+        .await;
+
+    // The router registers a busy unit; the api learns it from the units topic.
+    let mut u = unit(&unique("u"), "quancheng", UnitStatus::EnRoute);
+    u.task = Some("t1".into());
+    router.unit(&u).await;
+    let is_unit = |p: &Value| p["kind"] == "unit" && p["data"]["id"] == u.id.as_str();
+    for client in [&mut board, &mut units] {
+        client.pushes_until(|g| g.iter().any(is_unit)).await;
+    }
+
+    let report = |unit: &str, seconds: i64, lat: f64| PositionReport {
+        unit: unit.to_owned(),
+        lat,
+        lon: 117.05,
+        at: u.at + chrono::Duration::seconds(seconds),
+        speed_kmh: Some(35.0),
+    };
+    let send = |r: PositionReport| {
+        let ingest = &ingest;
+        async move {
+            ingest
+                .send_json(Topic::Positions, &r.unit.clone(), &new_id(), &r)
+                .await
+                .unwrap();
+        }
+    };
+    send(report(&u.id, 5, 36.70)).await;
+    // Older than the unit's `at` now: ignored. A unit the api does not know:
+    // dropped. Then a newer report, which must arrive after them.
+    send(report(&u.id, 1, 36.50)).await;
+    send(report(&unique("stranger"), 6, 36.60)).await;
+    send(report(&u.id, 10, 36.80)).await;
+
+    for (name, client) in [("board", &mut board), ("topic:units", &mut units)] {
+        let got = client
+            .pushes_until(|g| g.iter().any(|p| is_unit(p) && p["data"]["lat"] == 36.80))
+            .await;
+        let moves: Vec<&Value> = got.iter().filter(|p| p["kind"] == "unit").collect();
+        assert_eq!(
+            moves.len(),
+            2,
+            "{name}: one push per report that moved the unit: {moves:?}"
+        );
+        let first = moves[0];
+        assert_eq!(first["type"], "push");
+        assert_eq!(first["channel"], name);
+        assert!(first["cursor"].is_string(), "{first}");
+        let data = &first["data"];
+        assert_eq!(
+            (data["id"].as_str(), data["lat"].as_f64()),
+            (Some(u.id.as_str()), Some(36.70))
+        );
+        assert_eq!(
+            (data["lon"].as_f64(), data["speed_kmh"].as_f64()),
+            (Some(117.05), Some(35.0))
+        );
+        let at = chrono::DateTime::parse_from_rfc3339(data["at"].as_str().unwrap()).unwrap();
+        assert_eq!(at, u.at + chrono::Duration::seconds(5));
+        // What the unit does is the router's: unchanged by a report.
+        assert_eq!(
+            (data["status"].as_str(), data["task"].as_str()),
+            (Some("en_route"), Some("t1"))
+        );
+        assert_eq!(
+            (data["type"].as_str(), data["jurisdiction"].as_str()),
+            (Some("patrol_car"), Some("quancheng"))
+        );
+        assert_eq!(moves[1]["data"]["status"], "en_route");
+    }
+}

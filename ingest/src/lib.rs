@@ -8,7 +8,9 @@
 //! when Kafka cannot take them in bounded time the client gets 503 with
 //! Retry-After and no event of that request is reported accepted. Nothing a
 //! client sends disappears without trace. This crate never writes incident
-//! state (only the router does) and never speaks WebSocket.
+//! state or the units topic (only the router does: positions go to the
+//! positions topic and move the unit in the Store, never its status) and
+//! never speaks WebSocket.
 //!
 //! Entry point: [`start`]. The binary serves the returned router and adds
 //! `/healthz`, `/readyz` and `/metrics` itself.
@@ -147,7 +149,7 @@ pub async fn start(ctx: &ServiceContext, sup: &mut Supervisor) -> anyhow::Result
         &ctx.brokers,
         &ctx.config.kafka,
         &ctx.topics,
-        &[Topic::Events, Topic::DeadLetter, Topic::Units],
+        &[Topic::Events, Topic::DeadLetter, Topic::Positions],
     )
     .await
     .context("creating the ingest topics")?;

@@ -1,5 +1,10 @@
 //! AVL: unit positions (`POST /v1/positions`) into the Store and the
-//! compacted `units` topic.
+//! `positions` topic, one [`PositionReport`] per report, keyed by unit id.
+//!
+//! Never the `units` topic: only the router writes it. A unit snapshot
+//! from here would carry the status ingest read before the router changed
+//! it, and as the last record of the compacted topic it would bring a busy
+//! unit back as available when the Store is rebuilt from Kafka.
 //!
 //! A position changes where a unit is, never what it does: status, task,
 //! type and jurisdiction are kept from the stored unit. A unit the store
@@ -9,7 +14,7 @@
 //! change a unit's status.
 
 use bus::metrics as m;
-use bus::model::{Channel, FieldError, Unit, UnitStatus, UnitType};
+use bus::model::{Channel, FieldError, PositionReport, Unit, UnitStatus, UnitType};
 use bus::topics::Topic;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -128,9 +133,10 @@ fn number(
 }
 
 impl Ingest {
-    /// Validates the reports, updates the Store and produces the unit
-    /// snapshots. 503 when Kafka or the store cannot take them; the
-    /// reports already applied stay applied (positions are idempotent).
+    /// Validates the reports, produces them to the positions topic and
+    /// moves the units in the Store. 503 when Kafka or the store cannot
+    /// take them; the reports already applied stay applied (positions are
+    /// idempotent).
     pub async fn submit_positions(
         &self,
         items: Vec<crate::body::Item>,
@@ -158,19 +164,24 @@ impl Ingest {
             }
         }
 
-        let mut units = Vec::with_capacity(valid.len());
-        for (index, p) in valid {
-            let unit = self.unit_at(&p, now).await.map_err(|e| {
-                tracing::warn!(error = %e, "store failed reading a unit");
-                self.unavailable("the unit store is unavailable; retry".to_owned())
-            })?;
-            units.push((index, unit));
-        }
+        let reports: Vec<(usize, PositionReport)> = valid
+            .into_iter()
+            .map(|(index, p)| {
+                let report = PositionReport {
+                    unit: p.unit,
+                    lat: p.lat,
+                    lon: p.lon,
+                    at: p.at.unwrap_or(now),
+                    speed_kmh: p.speed_kmh,
+                };
+                (index, report)
+            })
+            .collect();
 
-        let mut records = Vec::with_capacity(units.len() + dead.len());
-        for (_, unit) in &units {
+        let mut records = Vec::with_capacity(reports.len() + dead.len());
+        for (_, report) in &reports {
             records.push(
-                bus::kafka::OutRecord::json(Topic::Units, unit.id.clone(), bus::model::new_id(), unit)
+                bus::kafka::OutRecord::json(Topic::Positions, report.unit.clone(), bus::model::new_id(), report)
                     .map_err(|e| IngestError::Internal(e.to_string()))?,
             );
         }
@@ -198,14 +209,15 @@ impl Ingest {
         // Kafka has them; now the hot state. `move_unit` changes the
         // position atomically and never the status or task, so a status
         // the router sets at the same moment survives.
-        for ((index, unit), record) in units.into_iter().zip(&records) {
-            let (Some(lat), Some(lon)) = (unit.lat, unit.lon) else {
-                continue;
-            };
-            let stored = match self.store.move_unit(&unit.id, lat, lon, unit.speed_kmh, unit.at).await {
+        for ((index, report), record) in reports.into_iter().zip(&records) {
+            let stored = match self
+                .store
+                .move_unit(&report.unit, report.lat, report.lon, report.speed_kmh, report.at)
+                .await
+            {
                 Ok(Some(_)) => Ok(()),
                 // Not known yet: registered as the roster (or its place) says.
-                Ok(None) => self.store.put_unit(&unit).await,
+                Ok(None) => self.store.put_unit(&self.new_unit(&report)).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = stored {
@@ -216,7 +228,7 @@ impl Ingest {
             outcome.accepted.push(Accepted {
                 index,
                 id: record.id.clone(),
-                source_id: unit.id,
+                source_id: report.unit,
                 duplicate: false,
             });
         }
@@ -224,32 +236,24 @@ impl Ingest {
         Ok(outcome)
     }
 
-    /// The unit snapshot after this report.
-    async fn unit_at(&self, p: &Position, now: DateTime<Utc>) -> Result<Unit, bus::store::StoreError> {
-        let at = p.at.unwrap_or(now);
-        if let Some(mut unit) = self.store.unit(&p.unit).await? {
-            unit.lat = Some(p.lat);
-            unit.lon = Some(p.lon);
-            unit.at = at;
-            unit.speed_kmh = p.speed_kmh;
-            return Ok(unit);
-        }
+    /// A unit the Store does not know yet, as this report registers it.
+    fn new_unit(&self, p: &PositionReport) -> Unit {
         let (unit_type, jurisdiction, name) = match self.roster.get(&p.unit) {
             Some(r) => (r.unit_type, r.jurisdiction.clone(), Some(r.name.clone())),
             None => (UnitType::PatrolCar, self.city.place(p.lat, p.lon).jurisdiction, None),
         };
-        Ok(Unit {
+        Unit {
             id: p.unit.clone(),
             unit_type,
             jurisdiction,
             status: UnitStatus::OffDuty,
             lat: Some(p.lat),
             lon: Some(p.lon),
-            at,
+            at: p.at,
             task: None,
             speed_kmh: p.speed_kmh,
             name,
-        })
+        }
     }
 }
 

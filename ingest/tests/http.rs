@@ -750,10 +750,26 @@ async fn positions_move_units_without_changing_what_they_do() {
     );
     assert_eq!(listed_now.name.as_deref(), Some(listed.name.as_str()));
 
-    let units = h.read(Topic::Units, 3, WAIT).await;
-    assert_eq!(units.len(), 3);
-    let keys: Vec<_> = units.iter().filter_map(|r| r.key.clone()).collect();
+    // Every accepted report, the stale one too, is on the positions topic:
+    // where the unit was, nothing of what it does.
+    let positions = h.read(Topic::Positions, 4, WAIT).await;
+    assert_eq!(positions.len(), 4);
+    let keys: Vec<_> = positions.iter().filter_map(|r| r.key.clone()).collect();
     assert!(keys.contains(&roster.id) && keys.contains(&stranger), "{keys:?}");
-    assert!(units.iter().all(|r| r.headers["ce_type"] == "qzx.unit.v1"));
+    assert!(positions.iter().all(|r| r.headers["ce_type"] == "qzx.position.v1"));
+    let first = positions
+        .iter()
+        .map(|r| &r.value)
+        .find(|v| v["unit"] == roster.id.as_str() && v["lat"] == 36.67)
+        .expect("the roster unit's report");
+    assert_eq!(
+        (first["lon"].as_f64(), first["speed_kmh"].as_f64()),
+        (Some(117.03), Some(40.0))
+    );
+    assert!(first.get("status").is_none() && first.get("task").is_none(), "{first}");
+    // Only the router writes the units topic: nothing of ingest's is there
+    // (the reports above were acknowledged before the 202, so a short wait
+    // is enough).
+    assert!(h.read(Topic::Units, 1, Duration::from_secs(2)).await.is_empty());
     assert_eq!(h.read(Topic::DeadLetter, 1, WAIT).await.len(), 1);
 }
