@@ -1,7 +1,9 @@
 //! Records handled as one batch (`Router::handle_all`): a record sees what
 //! the records before it in the same batch changed, a duplicate inside a
-//! batch changes nothing, and a publish that fails undoes the whole batch —
-//! claims released, state reloaded — so the retry applies each record once.
+//! batch changes nothing, a publish that fails keeps the committed decision
+//! and republishes it (never recomputes), a router fenced out of a
+//! partition commits nothing for it, and a Store lost at run time is
+//! rebuilt before the batch is redone.
 
 mod common;
 
@@ -216,4 +218,74 @@ async fn a_batch_redelivered_to_a_restarted_router_changes_nothing() {
     assert_eq!(after, before, "no incident created or changed again");
     let tasks_after = [unit_state(&ctx, "u-1").await.task, unit_state(&ctx, "u-2").await.task];
     assert_eq!(tasks_after, tasks_before, "each unit keeps its one task");
+}
+
+/// Two routers that both think they own a partition (the old owner has not
+/// seen the rebalance yet): the one that took it over last wins, and the
+/// other's batch is thrown away — nothing committed, its claims released.
+#[tokio::test]
+async fn a_router_fenced_out_of_a_partition_commits_nothing_for_it() {
+    let ctx = ctx("router-fenced").await;
+    unit(&ctx, "u-1", UnitType::PatrolCar, LAT + 0.001, LON).await;
+    let partitions: Vec<i32> = (0..ctx.config.kafka.partitions).collect();
+    let mut old = router(&ctx);
+    old.set_owned(partitions.clone()).await.unwrap();
+    let mut new = router(&ctx);
+    new.set_owned(partitions).await.unwrap();
+
+    let theft = event(&ctx, Source::Call110, "theft", "电动车被盗", LAT, LON, t0());
+    let failed = old.handle_all(&[event_record(&ctx, &theft)], t0()).await.unwrap_err();
+    assert_eq!(failed.handled, 0);
+    assert!(failed.to_string().contains("another router's"), "{failed}");
+    assert!(ctx.store.open_incidents().await.unwrap().is_empty());
+    assert_eq!(
+        unit_state(&ctx, "u-1").await.status,
+        UnitStatus::Available,
+        "claim released"
+    );
+
+    // The owner handles the same record once.
+    new.handle_all(&[event_record(&ctx, &theft)], t0()).await.unwrap();
+    let open = ctx.store.open_incidents().await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].units[0].unit, "u-1");
+}
+
+/// Redis flushed while the router runs: its next commit finds its fencing
+/// token gone, throws the batch away, rebuilds the Store from the topics
+/// and takes its partitions over again; the retry then applies the record.
+#[tokio::test]
+async fn a_store_lost_at_run_time_is_rebuilt_and_the_batch_redone() {
+    let ctx = ctx("router-store-lost").await;
+    unit(&ctx, "u-1", UnitType::PatrolCar, LAT + 0.001, LON).await;
+    unit(&ctx, "u-2", UnitType::PatrolCar, LAT + 0.002, LON).await;
+    let partitions: Vec<i32> = (0..ctx.config.kafka.partitions).collect();
+    let mut r = router(&ctx);
+    r.set_owned(partitions.clone()).await.unwrap();
+    let theft = event(&ctx, Source::Call110, "theft", "电动车被盗", LAT, LON, t0());
+    r.handle_all(&[event_record(&ctx, &theft)], t0()).await.unwrap();
+    let before = only_open(&ctx).await;
+
+    // What FLUSHALL does to the router's keys.
+    for p in partitions {
+        ctx.store.delete_key(&format!("router:owner:{p}")).await.unwrap();
+    }
+    ctx.store.delete_key(router::rebuild::MARKER).await.unwrap();
+
+    let fight = event(&ctx, Source::Call110, "fight", "两人打架", LAT + 0.01, LON, t0());
+    let failed = r
+        .handle_all(&[event_record(&ctx, &fight)], secs(t0(), 1))
+        .await
+        .unwrap_err();
+    assert_eq!(failed.handled, 0, "{failed}");
+    assert!(
+        ctx.store.get_key(router::rebuild::MARKER).await.unwrap().is_some(),
+        "rebuilt"
+    );
+    r.handle_all(&[event_record(&ctx, &fight)], secs(t0(), 2))
+        .await
+        .unwrap();
+    let open = ctx.store.open_incidents().await.unwrap();
+    assert_eq!(open.len(), 2, "{open:#?}");
+    assert!(open.iter().any(|i| i.id == before.id));
 }

@@ -182,3 +182,59 @@ async fn the_clock_survives_a_restart() {
         .unwrap();
     assert_eq!(stranger.open_incidents().count(), 0);
 }
+
+/// A router killed between claiming a unit and recording the task leaves
+/// the unit `assigned` to a task nobody has: the reconciler finds it on
+/// two passes ten seconds apart and makes it available again, saying so.
+#[tokio::test]
+async fn the_reconciler_frees_a_unit_held_by_a_task_never_recorded() {
+    let ctx = ctx("router-reconcile").await;
+    unit(&ctx, "u-1", UnitType::PatrolCar, LAT + 0.001, LON).await;
+    unit(&ctx, "u-2", UnitType::PatrolCar, LAT + 0.002, LON).await;
+    let claimed = ctx.store.claim_unit("u-1", "task-of-a-dead-router").await.unwrap();
+    assert!(matches!(claimed, bus::store::Claim::Claimed(_)));
+    // A live claim: u-2 works on an open task.
+    let mut r = router(&ctx);
+    r.on_event(
+        event(&ctx, Source::Call110, "theft", "被偷", LAT + 0.002, LON, t0()),
+        t0(),
+    )
+    .await
+    .unwrap();
+    let inc = only_open(&ctx).await;
+    assert_eq!(inc.units[0].unit, "u-2", "u-1 was not available");
+
+    r.tick(secs(t0(), 1)).await.unwrap();
+    assert_eq!(
+        unit_state(&ctx, "u-1").await.status,
+        UnitStatus::Assigned,
+        "not on the first sight"
+    );
+    r.tick(secs(t0(), 12)).await.unwrap();
+    let u1 = unit_state(&ctx, "u-1").await;
+    assert_eq!((u1.status, u1.task), (UnitStatus::Available, None));
+    let u2 = unit_state(&ctx, "u-2").await;
+    assert_eq!(
+        u2.task.as_deref(),
+        Some(inc.units[0].task.as_str()),
+        "a live claim is kept"
+    );
+    let records = read_until(
+        &ctx,
+        bus::topics::Topic::Escalations,
+        std::time::Duration::from_secs(20),
+        |rs| {
+            rs.iter()
+                .filter_map(|r| r.json::<bus::model::Escalation>().ok())
+                .any(|e| e.kind == EscalationKind::Reconciled)
+        },
+    )
+    .await;
+    let freed: Vec<bus::model::Escalation> = records
+        .iter()
+        .filter_map(|r| r.json::<bus::model::Escalation>().ok())
+        .filter(|e| e.kind == EscalationKind::Reconciled)
+        .collect();
+    assert_eq!(freed.len(), 1, "{freed:#?}");
+    assert!(freed[0].message.contains("u-1"), "{}", freed[0].message);
+}

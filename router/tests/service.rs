@@ -187,6 +187,30 @@ async fn the_clock_ticks_by_itself_with_short_targets() {
     stop(sup).await;
 }
 
+/// The take-over reload: an instance that gets partitions loads their open
+/// incidents from the Store and runs their 1-3-5 clocks. (It never ran
+/// when the loop's wait for an assignment change consumed the
+/// notification the reload checks.)
+#[tokio::test]
+async fn a_new_owner_runs_the_clocks_of_the_incidents_it_took_over() {
+    let ctx = ctx("router-takeover").await;
+    // Left open by a previous owner, its respond deadline long past.
+    let opened = chrono::Utc::now() - chrono::Duration::minutes(10);
+    let ev = event(&ctx, Source::Call110, "theft", "被偷", LAT, LON, opened);
+    let engine = router(&ctx).engine().clone();
+    let mut left = engine.new_incident(&ev, &engine.scorer().score(&ev, 1), opened);
+    left.version = 1;
+    ctx.store.put_incident(&left).await.unwrap();
+
+    let sup = started(&ctx).await;
+    eventually(WAIT, "the taken-over incident's respond stage breached", || async {
+        let i = ctx.store.incident(&left.id).await.unwrap()?;
+        (i.sla.respond == SlaState::Breached).then_some(())
+    })
+    .await;
+    stop(sup).await;
+}
+
 #[tokio::test]
 async fn a_lost_store_is_rebuilt_from_the_topics() {
     let ctx = ctx("router-rebuild").await;
