@@ -947,65 +947,6 @@ mod tests {
         assert_eq!(found, vec!["east"]);
     }
 
-    proptest::proptest! {
-        /// Whatever legal moves units make, in whatever order and at
-        /// whatever time: the status matches the tasks, and a stage once
-        /// met or breached never changes.
-        #[test]
-        fn the_incident_state_machine_holds_its_invariants(
-            moves in proptest::collection::vec((0usize..3, 0usize..6, 0i64..400), 0..40)
-        ) {
-            let e = engine();
-            let mut inc = create(&e, &event("e1", Source::Call110, "robbery", "持刀", 36.665, 117.02, 0));
-            for n in 0..3 {
-                inc.units.push(IncidentUnit {
-                    unit: format!("u{n}"),
-                    task: format!("t{n}"),
-                    role: if n == 0 { UnitRole::Primary } else { UnitRole::Reinforcement },
-                    status: TaskStatus::Issued,
-                    eta_s: 60,
-                });
-            }
-            let all = [
-                TaskStatus::Issued,
-                TaskStatus::Acknowledged,
-                TaskStatus::EnRoute,
-                TaskStatus::OnScene,
-                TaskStatus::Cleared,
-                TaskStatus::Cancelled,
-            ];
-            let mut settled: Vec<(Stage, SlaState)> = Vec::new();
-            let mut clock = 0;
-            for (unit, next, at) in moves {
-                clock = clock.max(at);
-                let now = t0() + chrono::Duration::seconds(clock);
-                let next = all[next];
-                if inc.units[unit].status.can_become(next) {
-                    inc.units[unit].status = next;
-                }
-                let newly_met = e.update_sla(&mut inc, now);
-                if newly_met.contains(&Stage::Reinforce) {
-                    proptest::prop_assert!(on_scene_count(&inc) >= 2);
-                }
-                e.clock(&mut inc, now);
-                derive_status(&mut inc);
-                for (stage, state) in &settled {
-                    proptest::prop_assert_eq!(inc.sla.get(*stage), *state);
-                }
-                settled = Stage::ALL
-                    .iter()
-                    .map(|s| (*s, inc.sla.get(*s)))
-                    .filter(|(_, st)| *st != SlaState::Pending)
-                    .collect();
-                let open = inc.units.iter().any(|u| u.status.is_open());
-                let cleared = inc.units.iter().any(|u| u.status == TaskStatus::Cleared);
-                proptest::prop_assert!(inc.status.is_open());
-                proptest::prop_assert_eq!(inc.status == IncidentStatus::Resolved, !open && cleared);
-                proptest::prop_assert_eq!(inc.status == IncidentStatus::New, !open && !cleared);
-            }
-        }
-    }
-
     #[test]
     fn status_follows_the_furthest_task_and_resolves_when_all_cleared() {
         let e = engine();

@@ -22,8 +22,8 @@ use bus::ServiceContext;
 use bus::cloudevents::CeAttributes;
 use bus::kafka::Received;
 use bus::model::{
-    Action, Command, Incident, IncidentStatus, ReportedStatus, Source, Task, Timestamp, Unit, UnitStatus, UnitType,
-    new_id,
+    Action, Command, Incident, IncidentStatus, ReportedStatus, SlaState, Source, Stage, Task, TaskStatus, Timestamp,
+    Unit, UnitStatus, UnitType, new_id,
 };
 use bus::store::{
     Appended, Claim, Commit, Committed, HistoryLimits, HistoryRead, NearbyUnit, SharedStore, Store, StoreError,
@@ -101,6 +101,8 @@ fn unit_id(i: usize) -> String {
 #[derive(Default)]
 struct Published {
     incidents: BTreeMap<String, Incident>,
+    /// Every version of every incident.
+    history: BTreeMap<String, BTreeMap<u64, Incident>>,
     tasks: BTreeMap<String, Task>,
     versions: HashMap<(String, u64), Vec<u8>>,
     forks: Vec<String>,
@@ -119,6 +121,10 @@ fn published(recorder: &Recorder) -> Published {
                         out.versions.insert(key, record.value.clone());
                     }
                 }
+                out.history
+                    .entry(i.id.clone())
+                    .or_default()
+                    .insert(i.version, i.clone());
                 if out.incidents.get(&i.id).is_none_or(|old| old.version < i.version) {
                     out.incidents.insert(i.id.clone(), i);
                 }
@@ -439,7 +445,7 @@ async fn run_case(base: &ServiceContext, ops: Vec<Op>, kills: Vec<Kill>, faults:
             .await
             .map_err(|e| format!("{e:#}"))?;
     }
-    check(&inner, &recorder, &run).await?;
+    check(router.engine(), &inner, &recorder, &run).await?;
     Ok(run)
 }
 
@@ -524,10 +530,13 @@ fn resolve(op: &Op, seen: &Published, now: Timestamp) -> Option<Action> {
 }
 
 /// The invariants of a crash-free run.
-async fn check(store: &SharedStore, recorder: &Recorder, run: &Run) -> Result<(), String> {
+async fn check(engine: &Engine, store: &SharedStore, recorder: &Recorder, run: &Run) -> Result<(), String> {
     let seen = published(recorder);
     if !seen.forks.is_empty() {
         return Err(format!("versions published twice with two contents: {:?}", seen.forks));
+    }
+    for versions in seen.history.values() {
+        state_machine_holds(engine, versions)?;
     }
     let mut homes: HashMap<&str, Vec<&str>> = HashMap::new();
     for incident in seen.incidents.values() {
@@ -598,6 +607,48 @@ async fn check(store: &SharedStore, recorder: &Recorder, run: &Run) -> Result<()
         return Err(format!(
             "{open_published} incidents open on the topic, {open_stored} in the store"
         ));
+    }
+    Ok(())
+}
+
+/// The incident state machine, over every version the real handlers
+/// published: an open incident's status follows its tasks, a stage once
+/// met or breached never changes, and reinforce is met only with as many
+/// units on scene as the target asks.
+fn state_machine_holds(engine: &Engine, versions: &BTreeMap<u64, Incident>) -> Result<(), String> {
+    let mut previous: Option<&Incident> = None;
+    for incident in versions.values() {
+        let id = format!("{} v{}", incident.id, incident.version);
+        if incident.status.is_open() {
+            let open = incident.units.iter().any(|u| u.status.is_open());
+            let cleared = incident.units.iter().any(|u| u.status == TaskStatus::Cleared);
+            if (incident.status == IncidentStatus::Resolved) != (!open && cleared)
+                || (incident.status == IncidentStatus::New) != (!open && !cleared)
+            {
+                return Err(format!(
+                    "{id} is {} with tasks {:?}",
+                    incident.status.as_str(),
+                    incident.units
+                ));
+            }
+        }
+        if let Some(before) = previous {
+            for stage in Stage::ALL {
+                let (was, now) = (before.sla.get(stage), incident.sla.get(stage));
+                if was != SlaState::Pending && was != now {
+                    return Err(format!("{id}: {} went from {was:?} to {now:?}", stage.as_str()));
+                }
+                if stage == Stage::Reinforce
+                    && was == SlaState::Pending
+                    && now == SlaState::Met
+                    && router::engine::on_scene_count(incident)
+                        < engine.reinforce_units(&incident.jurisdiction, incident.priority)
+                {
+                    return Err(format!("{id}: reinforce met with too few units on scene"));
+                }
+            }
+        }
+        previous = Some(incident);
     }
     Ok(())
 }
