@@ -1143,13 +1143,19 @@ async fn read_topics(brokers: &str, prefix: &str, topics: &[Topic]) -> Vec<(Topi
 /// - events posted to either ingest reach unit terminals connected to
 ///   either api, and both boards see every incident;
 /// - the two routers share the jurisdictions (each handles some events);
-/// - SIGKILL one router mid-stream: the other takes its jurisdictions, every
-///   accepted event ends in exactly one incident, no task is issued twice
-///   (one task per incident and unit); the hand-over time is printed (on
-///   tansu the survivor gets the dead router's partitions only through the
-///   consumer's lone-member watchdog, bus/src/kafka/rejoin.rs);
-/// - restart Redis empty: no open incident is lost (the restarted router
-///   rebuilds the store from the topics, router/src/rebuild.rs).
+/// - SIGKILL a router three times, each right after a burst of events (in
+///   flight when it dies), starting it again later: the other takes its
+///   jurisdictions, every accepted event ends in exactly one incident, no
+///   incident version is published with two contents, no task is issued
+///   twice (one task per incident and unit), no unit holds two open tasks,
+///   every open task is on its incident's latest version, and no unit in
+///   the Store is held by a task that is not open; the first hand-over
+///   time is printed (on tansu the survivor gets the dead router's
+///   partitions only through the consumer's lone-member watchdog,
+///   bus/src/kafka/rejoin.rs);
+/// - restart Redis empty: no open incident is lost, read from the Store
+///   itself (the restarted router rebuilds it from the topics,
+///   router/src/rebuild.rs).
 ///
 /// Runs under `scripts/test.sh`, with the debug `qzx` cargo built for the
 /// tests; alone: `TEST_STACK=1 cargo test --test deploy -- --nocapture
@@ -1168,6 +1174,14 @@ async fn local_cluster_scales_out_and_hands_over() {
 
     const EVENTS: usize = 120;
     const KILL_AFTER: usize = 40;
+    /// When router-1, killed first, is started again.
+    const RESTART_FIRST: usize = 60;
+    /// Later kills, each right after a burst, and when the killed router
+    /// is started again: (kill at, router, restart at).
+    const LATER_KILLS: [(usize, &str, usize); 2] = [(75, "router-2", 85), (95, "router-1", 105)];
+    /// Events posted back to back just before each kill: in flight when the
+    /// router dies.
+    const BURST: usize = 12;
     const DEADLINE: Duration = Duration::from_secs(90);
 
     if !bus::testing::stack_required() {
@@ -1239,6 +1253,7 @@ async fn local_cluster_scales_out_and_hands_over() {
     let mut dead_owned = BTreeSet::new();
     let mut after_kill: Vec<(String, String)> = Vec::new();
     let mut watch = Watch::default();
+    let mut kills = 1;
     for i in 0..EVENTS {
         if i == KILL_AFTER {
             watch.until_all_seen(&mut seen_rx, &posted, DEADLINE).await;
@@ -1287,8 +1302,22 @@ async fn local_cluster_scales_out_and_hands_over() {
                 places.len()
             );
             println!("router-1 handles {dead_owned:?}");
+            burst(&http, &ingests, &source, &places, "first", BURST, &mut posted).await;
             tokio::task::block_in_place(|| cluster.kill("router-1", &signal));
             killed_at = Some(Instant::now());
+        }
+        if i == RESTART_FIRST {
+            tokio::task::block_in_place(|| cluster.restart("router-1"));
+        }
+        for (kill_at, router, restart_at) in LATER_KILLS {
+            if i == kill_at {
+                burst(&http, &ingests, &source, &places, router, BURST, &mut posted).await;
+                tokio::task::block_in_place(|| cluster.kill(router, &signal));
+                kills += 1;
+            }
+            if i == restart_at {
+                tokio::task::block_in_place(|| cluster.restart(router));
+            }
         }
         let (jurisdiction, [lat, lon]) = &places[i % places.len()];
         // Spread within a few hundred metres so not every call is a repeat.
@@ -1348,12 +1377,22 @@ async fn local_cluster_scales_out_and_hands_over() {
     .await;
     let mut incidents_of_event: HashMap<String, BTreeSet<String>> = HashMap::new();
     let mut latest: HashMap<String, Incident> = HashMap::new();
+    let mut latest_task: HashMap<String, Task> = HashMap::new();
+    let mut versions: HashMap<(String, u64), serde_json::Value> = HashMap::new();
     let mut task_ids: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
     let mut tasks_of_incident: HashMap<String, BTreeSet<String>> = HashMap::new();
     for (topic, value) in records {
         match topic {
             Topic::Incidents => {
-                let incident: Incident = serde_json::from_value(value).expect("an incident");
+                let incident: Incident = serde_json::from_value(value.clone()).expect("an incident");
+                let seen = versions
+                    .entry((incident.id.clone(), incident.version))
+                    .or_insert_with(|| value.clone());
+                assert_eq!(
+                    *seen, value,
+                    "incident {} v{} was published twice with two contents",
+                    incident.id, incident.version
+                );
                 for e in &incident.events {
                     incidents_of_event
                         .entry(e.clone())
@@ -1366,6 +1405,9 @@ async fn local_cluster_scales_out_and_hands_over() {
             }
             Topic::Tasks => {
                 let task: Task = serde_json::from_value(value).expect("a task");
+                if latest_task.get(&task.id).is_none_or(|t| t.version < task.version) {
+                    latest_task.insert(task.id.clone(), task.clone());
+                }
                 task_ids
                     .entry((task.incident.clone(), task.unit.clone()))
                     .or_default()
@@ -1390,6 +1432,55 @@ async fn local_cluster_scales_out_and_hands_over() {
             ids.len()
         );
     }
+    // No unit holds two open tasks, and every open task is on its
+    // incident's latest version.
+    let mut open_tasks: HashMap<&str, Vec<&str>> = HashMap::new();
+    for task in latest_task.values().filter(|t| t.status.is_open()) {
+        open_tasks.entry(task.unit.as_str()).or_default().push(task.id.as_str());
+        let incident = &latest[&task.incident];
+        assert!(
+            incident.units.iter().any(|u| u.task == task.id && u.status.is_open()),
+            "open task {} is not open on incident {} v{}",
+            task.id,
+            incident.id,
+            incident.version
+        );
+    }
+    for (unit, tasks) in &open_tasks {
+        assert_eq!(tasks.len(), 1, "unit {unit} holds open tasks {tasks:?}");
+    }
+    // The Store agrees: no unit is assigned to a task that is not open (a
+    // claim a killed router left is freed by the reconciler within ~20 s).
+    let store = bus::store::RedisStore::connect(&cluster.get("REDIS_URL"), &config.redis.key_prefix)
+        .await
+        .expect("the cluster's redis");
+    let start = Instant::now();
+    loop {
+        let units = bus::store::Store::units(&store).await.expect("units");
+        let stray: Vec<String> = units
+            .iter()
+            .filter(|u| u.task.is_some())
+            .filter(|u| {
+                !u.task
+                    .as_ref()
+                    .and_then(|t| latest_task.get(t))
+                    .is_some_and(|t| t.status.is_open())
+            })
+            .map(|u| format!("{} ({:?})", u.id, u.task))
+            .collect();
+        if stray.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "units held by tasks that are not open: {stray:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!(
+        "{kills} router kills, each right after a burst: every event in one incident, no forked version, no stray claim"
+    );
+
     // Tasks reached terminals on both apis, from events of both ingests.
     let mut apis_reached = BTreeSet::new();
     let mut ingests_reaching = BTreeSet::new();
@@ -1427,37 +1518,64 @@ async fn local_cluster_scales_out_and_hands_over() {
         cluster.restart("redis");
         cluster.restart("router-1");
     });
+    // Read from the Store itself: the apis' views would answer from memory
+    // even if nothing was rebuilt.
+    let store = bus::store::RedisStore::connect(&cluster.get("REDIS_URL"), &config.redis.key_prefix)
+        .await
+        .expect("the restarted redis");
     let start = Instant::now();
-    for (label, base) in &apis {
-        loop {
-            let listed: serde_json::Value = http
-                .get(format!("{base}/api/v1/incidents?status=open&limit=1000"))
-                .bearer_auth(&admin)
-                .send()
-                .await
-                .expect("list incidents")
-                .json()
-                .await
-                .unwrap_or_default();
-            let ids: BTreeSet<String> = listed["incidents"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|i| i["id"].as_str().map(str::to_owned))
-                .collect();
-            let missing: Vec<&String> = open.difference(&ids).collect();
-            if missing.is_empty() {
-                break;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "{label} lost {} open incidents after Redis restarted empty: {missing:?}",
-                missing.len()
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
+    loop {
+        let stored: BTreeSet<String> = bus::store::Store::open_incidents(&store)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        let missing: Vec<&String> = open.difference(&stored).collect();
+        if missing.is_empty() {
+            break;
         }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the store lost {} open incidents after Redis restarted empty: {missing:?}",
+            missing.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     println!("{} open incidents survived Redis restarting empty", open.len());
+}
+
+/// Posts `count` events back to back (no wait between them), one per
+/// jurisdiction in turn, so they are still in flight when a router is
+/// killed right after.
+async fn burst(
+    http: &reqwest::Client,
+    ingests: &[String; 2],
+    token: &str,
+    places: &[(String, [f64; 2])],
+    label: &str,
+    count: usize,
+    posted: &mut std::collections::HashMap<String, (std::time::Instant, usize, String)>,
+) {
+    for b in 0..count {
+        let (jurisdiction, [lat, lon]) = &places[b % places.len()];
+        let event = serde_json::json!({
+            "source": "call110",
+            "source_id": format!("deploy-test-burst-{label}-{b}"),
+            "kind": "theft",
+            "location": {"lat": lat + 0.0003 * b as f64, "lon": lon},
+            "text": format!("local cluster burst {label} {b}"),
+        });
+        let id = post_event(http, &ingests[b % 2], token, &event).await;
+        posted.insert(
+            id,
+            (
+                std::time::Instant::now(),
+                b % 2,
+                format!("burst {label} {b} {jurisdiction}"),
+            ),
+        );
+    }
 }
 
 /// Posts one event, retrying a 503 (the 202 comes only once Kafka has it;
