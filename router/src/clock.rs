@@ -2,8 +2,9 @@
 //! deadline (escalation, metric, timeline, re-dispatch of a task not
 //! acknowledged), retries dispatch for incidents still waiting for units,
 //! and now and then reconciles unit claims: a unit held by a task that is
-//! not open (its claim outlived a router killed before it recorded the
-//! task) is made available again, with an escalation saying so.
+//! not open (a claim no router can explain, say from a version of qzx
+//! that claimed units before committing) is made available again, with an
+//! escalation saying so.
 //!
 //! Works only on what this instance owns, one transaction per incident or
 //! unit; never blocks live records for long (bounded work per tick).
@@ -103,13 +104,8 @@ pub(crate) async fn tick(books: &mut Books, engine: &Engine, clock: &mut Clock, 
         };
         let partition = books.partition_of(&incident.jurisdiction);
         let mut tx = Tx::begin(books, partition, None);
-        match step(&mut tx, engine, incident, now).await {
-            Ok(()) => tx.stage(now).await?,
-            Err(e) => {
-                tx.abort().await;
-                return Err(e);
-            }
-        }
+        step(&mut tx, engine, incident, now).await?;
+        tx.stage(now)?;
     }
     Ok(())
 }
@@ -216,5 +212,5 @@ async fn free(
     unit.at = now;
     tx.put_unit(unit);
     tx.escalate(freed);
-    tx.stage(now).await
+    tx.stage(now)
 }

@@ -10,7 +10,6 @@ use bus::model::{
     Escalation, EscalationKind, Incident, IncidentStatus, IncidentUnit, Stage, TaskKind, TaskStatus, Timestamp,
     UnitRole, UnitStatus, UnitType, new_id,
 };
-use bus::store::Claim;
 
 use crate::engine::{BY_ROUTER, Candidate, Engine, derive_status, entry};
 use crate::tx::Tx;
@@ -123,8 +122,8 @@ fn no_unit(tx: &mut Tx<'_>, engine: &Engine, incident: &mut Incident, now: Times
 }
 
 /// Issues up to `count` tasks of `kind` to the best available units that
-/// have not worked on this incident, claiming each (a lost claim moves on
-/// to the next candidate). Returns how many were issued.
+/// have not worked on this incident, claiming each (one taken meanwhile
+/// is skipped). Returns how many were issued.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn dispatch(
     tx: &mut Tx<'_>,
@@ -166,8 +165,8 @@ pub(crate) async fn dispatch(
             break;
         }
         let task = engine.new_task(incident, &choice.unit.id, kind, now);
-        match tx.claim(&choice.unit.id, &task.id).await? {
-            Claim::Claimed(mut unit) => {
+        match tx.claim(&choice.unit, &task.id) {
+            Some(mut unit) => {
                 unit.at = now;
                 incident.units.push(IncidentUnit {
                     unit: unit.id.clone(),
@@ -197,10 +196,7 @@ pub(crate) async fn dispatch(
                 tx.put_task(task);
                 issued += 1;
             }
-            Claim::Unavailable(status) => {
-                tracing::debug!(unit = %choice.unit.id, status = status.as_str(), "unit taken meanwhile");
-            }
-            Claim::NotFound => {}
+            None => tracing::debug!(unit = %choice.unit.id, "unit taken meanwhile"),
         }
     }
     Ok(issued)

@@ -285,7 +285,7 @@ impl Router {
         letter.content_type = record.ce.as_ref().ok().and_then(|ce| ce.content_type.clone());
         let mut tx = Tx::begin(&mut self.books, record.partition, None);
         tx.dead_letter(source.unwrap_or_else(|| "kafka".to_owned()), letter);
-        tx.stage(now).await
+        tx.stage(now)
     }
 
     /// Scores, links or creates, diverts or dispatches one event, and
@@ -303,13 +303,8 @@ impl Router {
             return Ok(());
         }
         let mut tx = Tx::begin(&mut self.books, partition, Some(&event.id));
-        match crate::events::apply(&mut tx, &self.engine, event, now).await {
-            Ok(()) => tx.stage(now).await,
-            Err(e) => {
-                tx.abort().await;
-                Err(e)
-            }
-        }
+        crate::events::apply(&mut tx, &self.engine, event, now).await?;
+        tx.stage(now)
     }
 
     // --------------------------------------------------------------- actions
@@ -362,18 +357,14 @@ impl Router {
             return Ok(());
         }
         let mut tx = Tx::begin(&mut self.books, partition, Some(&action.id));
-        match commands::apply(&mut tx, &self.engine, action, now).await {
-            Ok(Outcome::Applied) => tx.stage(now).await,
-            Ok(Outcome::Rejected(escalation)) => {
+        match commands::apply(&mut tx, &self.engine, action, now).await? {
+            Outcome::Applied => tx.stage(now),
+            Outcome::Rejected(escalation) => {
                 // Nothing of the command is kept but the record of why.
-                tx.abort().await;
+                drop(tx);
                 let mut tx = Tx::begin(&mut self.books, partition, Some(&action.id));
                 tx.escalate(escalation);
-                tx.stage(now).await
-            }
-            Err(e) => {
-                tx.abort().await;
-                Err(e)
+                tx.stage(now)
             }
         }
     }

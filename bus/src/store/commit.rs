@@ -21,9 +21,14 @@ pub struct Commit {
     /// Keys (of [`super::Store::set_key`]) that must hold exactly these
     /// values: the fencing tokens of the partitions this commit writes for.
     pub expect_keys: Vec<(String, String)>,
-    /// Units that must still work on these tasks (unit id, task id): the
-    /// claims this transaction made with [`super::Store::claim_unit`].
+    /// Units that must still work on these tasks (unit id, task id): claims
+    /// made earlier, with [`super::Store::claim_unit`] or by a commit.
     pub expect_claims: Vec<(String, String)>,
+    /// Units that must be `available` with no task: the units this commit
+    /// claims (its `units` write them as assigned). Claiming at the commit,
+    /// not before it, leaves nothing claimed by a transaction that never
+    /// commits.
+    pub expect_available: Vec<String>,
     /// Stored as [`super::Store::put_incident`] does (an older version never
     /// overwrites a newer one; an incident no longer open leaves the open
     /// set).
@@ -52,6 +57,6 @@ pub enum Committed {
     /// lost its state). Nothing was written.
     KeyChanged { key: String, found: Option<String> },
     /// A claimed unit works on another task, or on none, or is gone
-    /// (`None`). Nothing was written.
+    /// (`None`); or a unit expected available is not. Nothing was written.
     ClaimLost { unit: String, task: Option<String> },
 }

@@ -587,6 +587,15 @@ impl Store for MemoryStore {
                 });
             }
         }
+        for id in &commit.expect_available {
+            let unit = units.get(id);
+            if !unit.is_some_and(|u| u.status == UnitStatus::Available && u.task.is_none()) {
+                return Ok(Committed::ClaimLost {
+                    unit: id.clone(),
+                    task: unit.and_then(|u| u.task.clone()),
+                });
+            }
+        }
 
         // The same steps, in the same order, as the single-item methods and
         // the Redis script: deletes before sets, so a key in both ends up set.

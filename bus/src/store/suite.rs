@@ -942,6 +942,7 @@ pub async fn commit(store: &dyn Store) {
     let full = Commit {
         expect_keys: vec![("cm:fence".to_owned(), "epoch-1".to_owned())],
         expect_claims: vec![("cm-u1".to_owned(), "cm-task-1".to_owned())],
+        expect_available: vec!["cm-idle".to_owned()],
         incidents: vec![inc_a.clone(), inc_b.clone()],
         units: vec![u2.clone(), u3.clone()],
         set_keys: vec![
@@ -1062,7 +1063,37 @@ pub async fn commit(store: &dyn Store) {
         assert_nothing_written(store, &format!("{outcome:?}")).await;
     }
 
+    // A unit expected available: one that works on a task, one off duty,
+    // an unknown one each write nothing.
+    store
+        .put_unit(&unit("cm-off", UnitStatus::OffDuty, None))
+        .await
+        .unwrap();
+    let not_available = [
+        ("cm-u1", Some("cm-task-1")),
+        ("cm-off", None),
+        ("cm-nobody", None),
+    ];
+    for (unit_id, found) in not_available {
+        let broken = Commit {
+            expect_keys: vec![("cm:fence".to_owned(), "epoch-1".to_owned())],
+            expect_available: vec!["cm-idle".to_owned(), unit_id.to_owned()],
+            ..doomed_writes()
+        };
+        let outcome = Committed::ClaimLost {
+            unit: unit_id.to_owned(),
+            task: found.map(str::to_owned),
+        };
+        assert_eq!(store.commit(&broken).await.unwrap(), outcome);
+        assert_nothing_written(store, &format!("{outcome:?}")).await;
+    }
+
     // Expectations alone, all holding: nothing to write, done.
+    let available = Commit {
+        expect_available: vec!["cm-idle".to_owned()],
+        ..Commit::default()
+    };
+    assert_eq!(store.commit(&available).await.unwrap(), Committed::Done);
     let checks_only = Commit {
         expect_keys: vec![("cm:fence".to_owned(), "epoch-1".to_owned())],
         expect_claims: vec![("cm-u1".to_owned(), "cm-task-1".to_owned())],

@@ -6,7 +6,6 @@
 use bus::model::{
     Action, Incident, IncidentStatus, IncidentUnit, TaskKind, TaskStatus, Timestamp, UnitRole, UnitStatus,
 };
-use bus::store::Claim;
 
 use super::{Fail, open_incident, reject};
 use crate::dispatch::cancel_task;
@@ -39,16 +38,9 @@ pub(super) async fn apply(
         ));
     }
     let task = engine.new_task(&incident, unit_id, TaskKind::Respond, now);
-    let mut unit = match tx.claim(unit_id, &task.id).await? {
-        Claim::Claimed(unit) => unit,
-        Claim::Unavailable(status) => {
-            return Err(reject(
-                Some(incident_id),
-                format!("unit {unit_id} is {}", status.as_str()),
-            ));
-        }
-        Claim::NotFound => return Err(reject(Some(incident_id), format!("unknown unit {unit_id}"))),
-    };
+    let mut unit = tx
+        .claim(&unit, &task.id)
+        .ok_or_else(|| reject(Some(incident_id), format!("unit {unit_id} is not available")))?;
     let previous: Vec<(String, String)> = incident
         .units
         .iter()

@@ -47,8 +47,8 @@ pub(crate) fn reject(incident: Option<&str>, reason: impl Into<String>) -> Fail 
 #[derive(Debug)]
 pub(crate) enum Outcome {
     Applied,
-    /// Rejected: the caller aborts the transaction (releasing any claim)
-    /// and stages this escalation alone.
+    /// Rejected: the caller drops the transaction and stages this
+    /// escalation alone.
     Rejected(Escalation),
 }
 

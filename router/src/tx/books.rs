@@ -33,9 +33,9 @@ pub(crate) struct Pending {
     pub caprefs: Vec<(String, String)>,
     /// Ids of the records these outputs apply.
     pub applied: Vec<String>,
-    /// Units this instance claimed for these outputs (unit, task): released
-    /// if they are thrown away, checked to still hold at the commit.
-    pub claimed: Vec<(String, String)>,
+    /// Units these outputs claim: they must still be available in the
+    /// Store at the commit.
+    pub expect_available: Vec<String>,
     /// Claims made by someone else that must still hold at the commit (a
     /// unit the reconciler frees).
     pub expected: Vec<(String, String)>,

@@ -8,11 +8,12 @@
 //! outputs staged since the last settle, then the owned state
 //! ([`Books`]), then the Store. A finished `Tx` is *staged* (its outputs
 //! become the in-memory state at once, so the next record sees them) or
-//! *aborted* (its unit claims are released). [`settle`] then makes the
+//! dropped (it wrote nothing anywhere). [`settle`] then makes the
 //! staged batch durable in this order:
 //!
 //! 1. **commit** — one atomic Store step ([`bus::store::Store::commit`]):
-//!    fencing tokens and unit claims checked, then incidents, tasks, units,
+//!    fencing tokens checked, and every unit it claims still available,
+//!    then incidents, tasks, units,
 //!    the records' applied markers and the *outbox* (every output record,
 //!    serialised, per partition) written together;
 //! 2. **publish** — every record handed to the broker, acknowledgements
@@ -20,7 +21,7 @@
 //! 3. the outbox cleared; only then are the input offsets stored.
 //!
 //! So a replay repeats, it never recomputes: a router killed before the
-//! commit left nothing (its claims are freed by the reconciler), and one
+//! commit left nothing, not even a unit claim, and one
 //! killed after it left a decision that the next owner of the partition
 //! republishes from the outbox before it handles anything, while the
 //! applied markers make the redelivered records no-ops.
@@ -31,7 +32,7 @@ mod settle;
 
 use bus::kafka::OutRecord;
 use bus::model::{DeadLetter, Escalation, Incident, Task, Timestamp, Unit, UnitStatus};
-use bus::store::{Claim, NearbyUnit};
+use bus::store::NearbyUnit;
 
 pub(crate) use self::books::Books;
 pub use self::publish::{Publish, Recorder};
@@ -63,7 +64,7 @@ const HOTSPOT_KEEP_MS: i64 = 24 * 3600 * 1000;
 /// `failpoints`): the process panics there, and no cleanup runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashPoint {
-    /// A unit was just claimed in the Store.
+    /// A unit was just claimed (in the transaction, not yet committed).
     AfterClaim,
     /// The batch was committed to the Store, nothing published.
     AfterCommit,
@@ -113,7 +114,7 @@ pub(crate) struct Tx<'b> {
     escalations: Vec<Escalation>,
     dead_letters: Vec<(String, DeadLetter)>,
     caprefs: Vec<(String, String)>,
-    claimed: Vec<(String, String)>,
+    expect_available: Vec<String>,
     expected: Vec<(String, String)>,
 }
 
@@ -131,7 +132,7 @@ impl<'b> Tx<'b> {
             escalations: Vec::new(),
             dead_letters: Vec::new(),
             caprefs: Vec::new(),
-            claimed: Vec::new(),
+            expect_available: Vec::new(),
             expected: Vec::new(),
         }
     }
@@ -232,27 +233,25 @@ impl<'b> Tx<'b> {
 
     // --------------------------------------------------------------- writes
 
-    /// Claims an available unit for `task` in the Store, atomically: two
-    /// incidents never get one unit. A claim is released if this
-    /// transaction is aborted or its batch thrown away.
-    pub async fn claim(&mut self, unit: &str, task: &str) -> anyhow::Result<Claim> {
-        let claim = self.books.store.claim_unit(unit, task).await?;
-        if let Claim::Claimed(claimed) = claim {
-            self.claimed.push((unit.to_owned(), task.to_owned()));
-            self.books.crash_point(CrashPoint::AfterClaim);
-            // Over the copy this router changed since the last settle (the
-            // Store's lags until then).
-            let newest = match self.staged_unit(unit) {
-                Some(staged) => Unit {
-                    status: claimed.status,
-                    task: claimed.task,
-                    ..staged
-                },
-                None => claimed,
-            };
-            return Ok(Claim::Claimed(newest));
+    /// Claims `unit`, as this transaction read it, for `task`: `None` when
+    /// it is not available. Nothing is written until the commit, which
+    /// checks that a unit read from the Store is still available there, so
+    /// two routers never give one unit two tasks, and a transaction that
+    /// never commits leaves no claim behind. (A unit this batch already
+    /// changed is this router's to give: the Store does not offer it to
+    /// anyone else meanwhile.)
+    pub fn claim(&mut self, unit: &Unit, task: &str) -> Option<Unit> {
+        if unit.status != UnitStatus::Available {
+            return None;
         }
-        Ok(claim)
+        if self.staged_unit(&unit.id).is_none() {
+            self.expect_available.push(unit.id.clone());
+        }
+        self.books.crash_point(CrashPoint::AfterClaim);
+        let mut claimed = unit.clone();
+        claimed.status = UnitStatus::Assigned;
+        claimed.task = Some(task.to_owned());
+        Some(claimed)
     }
 
     /// Requires, at the commit, that `unit` still works on `task` (a claim
@@ -321,7 +320,7 @@ impl<'b> Tx<'b> {
 
     /// Makes this transaction's outputs the router's state and queues
     /// them for the next settle.
-    pub async fn stage(self, now: Timestamp) -> anyhow::Result<()> {
+    pub fn stage(self, now: Timestamp) -> anyhow::Result<()> {
         let Tx {
             books,
             partition,
@@ -332,7 +331,7 @@ impl<'b> Tx<'b> {
             escalations,
             dead_letters,
             caprefs,
-            claimed,
+            expect_available,
             expected,
         } = self;
         for incident in &mut incidents {
@@ -346,10 +345,7 @@ impl<'b> Tx<'b> {
         }
         let records = match settle::outputs(&incidents, &tasks, &units, &escalations, &dead_letters) {
             Ok(records) => records,
-            Err(e) => {
-                settle::release_claims(&*books.store, &claimed).await;
-                return Err(anyhow::Error::new(e).context("serialising the router's outputs"));
-            }
+            Err(e) => return Err(anyhow::Error::new(e).context("serialising the router's outputs")),
         };
         for incident in &incidents {
             books.hold(incident);
@@ -372,7 +368,7 @@ impl<'b> Tx<'b> {
             pending.units.insert(u.id.clone(), u);
         }
         pending.caprefs.extend(caprefs);
-        pending.claimed.extend(claimed);
+        pending.expect_available.extend(expect_available);
         pending.expected.extend(expected);
         if let Some(id) = applied {
             pending.applied.push(id.clone());
@@ -381,10 +377,6 @@ impl<'b> Tx<'b> {
         Ok(())
     }
 
-    /// Throws this transaction away and releases the units it claimed.
-    pub async fn abort(self) {
-        settle::release_claims(&*self.books.store, &self.claimed).await;
-    }
 }
 
 fn upsert<T>(items: &mut Vec<T>, item: T, id: impl Fn(&T) -> &String) {

@@ -1,14 +1,14 @@
 //! Settling: the staged batch made durable (commit, publish, clear the
 //! outbox; see [`super`]), the take-over of partitions (fencing token,
-//! outbox republished), and releasing unit claims. Every Store write and
+//! outbox republished). Every Store write and
 //! every record the router sends goes through here or [`super::Tx`].
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use bus::kafka::{OutRecord, ProduceError};
-use bus::model::{DeadLetter, Escalation, Incident, Task, Unit, UnitStatus, new_id};
-use bus::store::{Commit, Committed, Store};
+use bus::model::{DeadLetter, Escalation, Incident, Task, Unit, new_id};
+use bus::store::{Commit, Committed};
 use bus::topics::Topic;
 use serde::{Deserialize, Serialize};
 
@@ -43,9 +43,9 @@ pub enum SettleError {
     /// republished by the next settle, never recomputed.
     #[error("publishing the router's outputs: {0:#}")]
     Unpublished(anyhow::Error),
-    /// Another router took a partition over, or a claimed unit was taken
-    /// meanwhile: the batch was thrown away (claims released, state
-    /// reloaded) and its records must be handled again.
+    /// Another router took a partition over, or a unit this batch claims
+    /// was taken meanwhile: the batch was thrown away (state reloaded) and
+    /// its records must be handled again.
     #[error("the batch was thrown away: {0}")]
     Conflict(String),
     /// The Store lost the router's state (a fencing token vanished): the
@@ -165,7 +165,8 @@ impl Books {
         }
         Ok(Commit {
             expect_keys: self.fences(partitions),
-            expect_claims: pending.claimed.iter().chain(&pending.expected).cloned().collect(),
+            expect_claims: pending.expected.clone(),
+            expect_available: pending.expect_available.clone(),
             incidents: pending.incidents.values().cloned().collect(),
             units: pending.units.values().cloned().collect(),
             set_keys,
@@ -188,11 +189,10 @@ impl Books {
         }
     }
 
-    /// Undoes the staged, uncommitted batch: claims released, records
-    /// forgotten, in-memory state reloaded from the Store.
+    /// Undoes the staged, uncommitted batch: records forgotten, in-memory
+    /// state reloaded from the Store (which holds none of it).
     pub async fn throw_away(&mut self) {
         let pending = std::mem::take(&mut self.pending);
-        release_claims(&*self.store, &pending.claimed).await;
         self.forget(&pending.applied);
         if let Err(e) = self.reload().await {
             tracing::warn!(error = %format!("{e:#}"), "could not reload the router's state");
@@ -260,33 +260,6 @@ impl Books {
         );
         self.clear_outboxes(partitions).await;
         Ok(())
-    }
-}
-
-/// Makes each claimed unit available again if it still works on the task
-/// it was claimed for: one atomic check-and-write per unit, so a unit
-/// someone else has since taken is left alone.
-pub(crate) async fn release_claims(store: &dyn Store, claimed: &[(String, String)]) {
-    for (unit, task) in claimed {
-        let released = async {
-            let Some(mut u) = store.unit(unit).await? else {
-                return Ok(());
-            };
-            if u.task.as_deref() != Some(task.as_str()) {
-                return Ok(());
-            }
-            u.status = UnitStatus::Available;
-            u.task = None;
-            let commit = Commit {
-                expect_claims: vec![(unit.clone(), task.clone())],
-                units: vec![u],
-                ..Commit::default()
-            };
-            store.commit(&commit).await.map(drop)
-        };
-        if let Err(e) = released.await {
-            tracing::warn!(unit = %unit, error = %e, "could not release a claimed unit; the reconciler will");
-        }
     }
 }
 

@@ -11,7 +11,7 @@
 //! never encodes JSON: Lua's cjson writes numbers with 14 significant
 //! digits, which would round positions, so incidents and units are
 //! serialised here and stored as given. It decodes a unit only to read its
-//! `task`.
+//! `task` and `status`.
 //!
 //! A stored incident whose version is not a number makes the commit fail
 //! with [`StoreError::Corrupt`] as `put_incident` does, and so does a key of
@@ -37,7 +37,7 @@ use super::{
 ///
 /// ARGV: the sizes of those six groups, the TTL in ms of an incident that is
 /// not open, then the expected values (one each), the claimed tasks (one
-/// each), nothing for deletes, per incident id, version, JSON and '1' when
+/// each; '' for a unit that must be available with no task), nothing for deletes, per incident id, version, JSON and '1' when
 /// open, per unit id, JSON, lon and lat ('' and '' when not indexable), per
 /// key to set value and TTL in ms.
 ///
@@ -85,7 +85,14 @@ for i = 1, n_claim do
     -- JSON null decodes to cjson.null, not a string: no task.
     if type(unit['task']) == 'string' then task = unit['task'] end
   end
-  if task ~= ARGV[claim_a + i] then return {'claim', i, task} end
+  local want = ARGV[claim_a + i]
+  if want == '' then
+    -- Expected available: no task, and on duty and free.
+    local status = raw and cjson.decode(raw)['status']
+    if task or status ~= 'available' then return {'claim', i, task} end
+  elseif task ~= want then
+    return {'claim', i, task}
+  end
 end
 for i = 1, n_incident do
   local key = KEYS[incident_k + i]
@@ -139,13 +146,25 @@ const FIXED_KEYS: usize = 3;
 impl RedisStore {
     /// [`super::Store::commit`]: one run of [`COMMIT`].
     pub(super) async fn commit_atomically(&self, commit: &Commit) -> StoreResult<Committed> {
-        if commit.is_empty() && commit.expect_keys.is_empty() && commit.expect_claims.is_empty() {
+        if commit.is_empty()
+            && commit.expect_keys.is_empty()
+            && commit.expect_claims.is_empty()
+            && commit.expect_available.is_empty()
+        {
             return Ok(Committed::Done);
         }
+        // One group for the script: a unit expected available is expected
+        // to hold the empty task.
+        let claims: Vec<(&str, &str)> = commit
+            .expect_claims
+            .iter()
+            .map(|(unit, task)| (unit.as_str(), task.as_str()))
+            .chain(commit.expect_available.iter().map(|unit| (unit.as_str(), "")))
+            .collect();
         let mut keys = Vec::with_capacity(
             FIXED_KEYS
                 + commit.expect_keys.len()
-                + commit.expect_claims.len()
+                + claims.len()
                 + commit.delete_keys.len()
                 + commit.incidents.len()
                 + commit.units.len()
@@ -153,7 +172,7 @@ impl RedisStore {
         );
         keys.extend([self.open_key(), self.units_key(), self.geo_key()]);
         keys.extend(commit.expect_keys.iter().map(|(key, _)| self.kv_key(key)));
-        keys.extend(commit.expect_claims.iter().map(|(unit, _)| self.unit_key(unit)));
+        keys.extend(claims.iter().map(|(unit, _)| self.unit_key(unit)));
         keys.extend(commit.delete_keys.iter().map(|key| self.kv_key(key)));
         keys.extend(commit.incidents.iter().map(|incident| self.incident_key(&incident.id)));
         keys.extend(commit.units.iter().map(|unit| self.unit_key(&unit.id)));
@@ -165,7 +184,7 @@ impl RedisStore {
         }
         invocation
             .arg(commit.expect_keys.len())
-            .arg(commit.expect_claims.len())
+            .arg(claims.len())
             .arg(commit.delete_keys.len())
             .arg(commit.incidents.len())
             .arg(commit.units.len())
@@ -174,8 +193,8 @@ impl RedisStore {
         for (_, value) in &commit.expect_keys {
             invocation.arg(value);
         }
-        for (_, task) in &commit.expect_claims {
-            invocation.arg(task);
+        for (_, task) in &claims {
+            invocation.arg(*task);
         }
         for incident in &commit.incidents {
             let json = to_json(incident, &self.incident_key(&incident.id))?;
@@ -195,12 +214,12 @@ impl RedisStore {
         }
 
         let reply = self.run("commit", &invocation).await?;
-        outcome(reply, commit, &keys)
+        outcome(reply, commit, &claims, &keys)
     }
 }
 
 /// The script's reply as a [`Committed`], or the corruption it found.
-fn outcome(reply: Value, commit: &Commit, keys: &[String]) -> StoreResult<Committed> {
+fn outcome(reply: Value, commit: &Commit, claims: &[(&str, &str)], keys: &[String]) -> StoreResult<Committed> {
     let unexpected = |what: &str| corrupt("commit", format!("unexpected script reply {what}"));
     let items = match reply {
         Value::Int(1) => return Ok(Committed::Done),
@@ -221,8 +240,8 @@ fn outcome(reply: Value, commit: &Commit, keys: &[String]) -> StoreResult<Commit
             key: commit.expect_keys[i].0.clone(),
             found: text(detail, &keys[FIXED_KEYS + i])?,
         }),
-        ("claim", Some(i)) if i < commit.expect_claims.len() => Ok(Committed::ClaimLost {
-            unit: commit.expect_claims[i].0.clone(),
+        ("claim", Some(i)) if i < claims.len() => Ok(Committed::ClaimLost {
+            unit: claims[i].0.to_owned(),
             task: text(detail, &keys[FIXED_KEYS + commit.expect_keys.len() + i])?,
         }),
         ("corrupt", Some(k)) if k < keys.len() => {
