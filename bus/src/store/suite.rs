@@ -1069,11 +1069,7 @@ pub async fn commit(store: &dyn Store) {
         .put_unit(&unit("cm-off", UnitStatus::OffDuty, None))
         .await
         .unwrap();
-    let not_available = [
-        ("cm-u1", Some("cm-task-1")),
-        ("cm-off", None),
-        ("cm-nobody", None),
-    ];
+    let not_available = [("cm-u1", Some("cm-task-1")), ("cm-off", None), ("cm-nobody", None)];
     for (unit_id, found) in not_available {
         let broken = Commit {
             expect_keys: vec![("cm:fence".to_owned(), "epoch-1".to_owned())],

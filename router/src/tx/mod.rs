@@ -376,7 +376,6 @@ impl<'b> Tx<'b> {
         }
         Ok(())
     }
-
 }
 
 fn upsert<T>(items: &mut Vec<T>, item: T, id: impl Fn(&T) -> &String) {
