@@ -1535,11 +1535,22 @@ async fn local_cluster_scales_out_and_hands_over() {
         if missing.is_empty() {
             break;
         }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "the store lost {} open incidents after Redis restarted empty: {missing:?}",
-            missing.len()
-        );
+        if start.elapsed() >= DEADLINE {
+            let mut why = Vec::new();
+            for id in &missing {
+                let in_store = bus::store::Store::incident(&store, id).await.ok().flatten();
+                why.push(format!(
+                    "{id}: v{} {} on the topic, {:?} in the store",
+                    latest[*id].version,
+                    latest[*id].status.as_str(),
+                    in_store.map(|i| (i.version, i.status.as_str()))
+                ));
+            }
+            panic!(
+                "the store lost {} open incidents after Redis restarted empty: {why:#?}",
+                missing.len()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     println!("{} open incidents survived Redis restarting empty", open.len());

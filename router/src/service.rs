@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use bus::ServiceContext;
 use bus::kafka::{OutRecord, Producer, Received};
-use bus::model::{Action, Channel, DeadLetter, Event, FieldError, Incident, Timestamp};
+use bus::model::{Action, Channel, Command, DeadLetter, Event, FieldError, Incident, Timestamp};
 use bus::topics::Topic;
 use bus::validate::{InputRules, normalise, validate_input};
 use serde_json::Value;
@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::clock::{self, Clock};
 use crate::commands::{self, Outcome};
 use crate::engine::Engine;
-use crate::tx::{Books, Publish, SettleError, Tx};
+use crate::tx::{Books, Publish, SettleError, Tx, Wanted};
 
 /// `ce_source` of everything the router writes.
 pub const CE_SOURCE: &str = "/qzx/router";
@@ -162,13 +162,7 @@ impl Router {
         let failed = |handled, source| BatchError { handled, source };
         // What an earlier call committed or staged comes first.
         self.settle().await.map_err(|e| failed(0, e.into()))?;
-        let ids = records
-            .iter()
-            .filter_map(|r| r.ce.as_ref().ok())
-            .map(|ce| ce.id.clone())
-            .filter(|id| !id.is_empty())
-            .collect();
-        self.books.prefetch_applied(ids).await;
+        self.books.prefetch(wanted(records)).await;
         let mut staged = 0;
         let mut result = Ok(());
         for record in records {
@@ -178,7 +172,7 @@ impl Router {
             }
             staged += 1;
         }
-        self.books.prefetched.clear();
+        self.books.prefetched = Default::default();
         metrics::histogram!(bus::metrics::ROUTER_BATCH_RECORDS).record(staged as f64);
         match self.settle().await {
             Ok(()) => result.map_err(|e| failed(staged, e)),
@@ -394,6 +388,35 @@ impl Router {
     pub fn owned(&self) -> &HashSet<i32> {
         &self.books.owned
     }
+}
+
+/// What a batch's records will look up: their ids (CloudEvents ids, what
+/// ingest and the api write as the event's or command's own id), and the
+/// units and tasks their commands name.
+fn wanted(records: &[Received]) -> Wanted {
+    let mut wanted = Wanted::default();
+    for record in records {
+        if let Ok(ce) = &record.ce
+            && !ce.id.is_empty()
+        {
+            wanted.applied.push(ce.id.clone());
+        }
+        if record.topic != Topic::Actions {
+            continue;
+        }
+        let Ok(action) = record.json::<Action>() else {
+            continue;
+        };
+        wanted.units.extend(action.by.unit);
+        match action.command {
+            Command::Ack { task } | Command::Status { task: Some(task), .. } => wanted.tasks.push(task),
+            Command::Assign { unit, .. } => wanted.units.push(unit),
+            _ => {}
+        }
+    }
+    wanted.units.sort_unstable();
+    wanted.units.dedup();
+    wanted
 }
 
 /// A record a router already forwarded once: handled where it landed,

@@ -61,6 +61,25 @@ impl Pending {
     }
 }
 
+/// The ids a batch's records will look up.
+#[derive(Debug, Default)]
+pub(crate) struct Wanted {
+    /// Record ids, for their applied markers.
+    pub applied: Vec<String>,
+    pub units: Vec<String>,
+    pub tasks: Vec<String>,
+}
+
+/// The Store's answers for a batch's [`Wanted`] ids, as they were when the
+/// batch started (`None`: not there). Later reads of the batch go through
+/// its staged outputs first, so these are never staler than the Store.
+#[derive(Debug, Default)]
+pub(crate) struct Prefetched {
+    pub applied: HashMap<String, bool>,
+    pub units: HashMap<String, Option<Unit>>,
+    pub tasks: HashMap<String, Option<Task>>,
+}
+
 /// Ids applied lately, oldest forgotten first.
 #[derive(Debug, Default)]
 struct Recent {
@@ -74,9 +93,13 @@ pub(crate) struct Books {
     pub publisher: Arc<dyn Publish>,
     /// Partitions of the events topic (jurisdictions hash onto them).
     pub partitions: i32,
-    /// The partitions this instance owns; empty before its first
-    /// assignment (tests driving a router directly), when it owns all.
+    /// The partitions this instance owns, once it was first assigned any.
     pub owned: HashSet<i32>,
+    /// Whether partitions were ever assigned: a router driven directly by a
+    /// test never is, and writes for every jurisdiction. An assigned router
+    /// that owns none (between a rebalance's revocation and its assignment)
+    /// writes for none.
+    pub assigned: bool,
     /// This instance's fencing token: written for each partition it takes
     /// over, and required by each of its commits for that partition.
     pub token: String,
@@ -86,9 +109,9 @@ pub(crate) struct Books {
     /// Open tasks of those incidents.
     pub tasks: HashMap<String, Task>,
     recent: Recent,
-    /// Whether the Store marks a record id applied, read for a whole batch
-    /// in one round trip and dropped when the batch is staged.
-    pub prefetched: HashMap<String, bool>,
+    /// What the Store held at the start of the batch, read for all of its
+    /// records at once and dropped when the batch is staged.
+    pub prefetched: Prefetched,
     /// Units this instance made available since the last tick.
     pub freed: usize,
     pub pending: Pending,
@@ -103,12 +126,13 @@ impl Books {
             publisher,
             partitions: partitions.max(1),
             owned: HashSet::new(),
+            assigned: false,
             token: bus::model::new_id(),
             open: HashMap::new(),
             index: SpatialIndex::new(link_reach_m),
             tasks: HashMap::new(),
             recent: Recent::default(),
-            prefetched: HashMap::new(),
+            prefetched: Prefetched::default(),
             freed: 0,
             pending: Pending::default(),
             #[cfg(feature = "failpoints")]
@@ -120,10 +144,10 @@ impl Books {
         partition_of(jurisdiction, self.partitions)
     }
 
-    /// Whether this instance writes for `partition`: it owns it, or owns
-    /// nothing yet (a router driven directly by a test).
+    /// Whether this instance writes for `partition`: it owns it, or was
+    /// never assigned any (a router driven directly by a test).
     pub fn owns(&self, partition: i32) -> bool {
-        self.owned.is_empty() || self.owned.contains(&partition)
+        !self.assigned || self.owned.contains(&partition)
     }
 
     /// Whether the record id was applied: in memory, in the batch's
@@ -132,20 +156,50 @@ impl Books {
         if self.recent.ids.contains(id) {
             return Ok(true);
         }
-        if let Some(&applied) = self.prefetched.get(id) {
+        if let Some(&applied) = self.prefetched.applied.get(id) {
             return Ok(applied);
         }
         Ok(self.store.get_key(&super::applied_key(id)).await?.is_some())
     }
 
-    /// Reads the applied markers of these ids in one round trip. Best
-    /// effort: on a Store error each record asks again.
-    pub async fn prefetch_applied(&mut self, ids: Vec<String>) {
-        let ids: Vec<String> = ids.into_iter().filter(|id| !self.recent.ids.contains(id)).collect();
-        let keys: Vec<String> = ids.iter().map(|id| super::applied_key(id)).collect();
-        if let Ok(values) = self.store.get_keys(&keys).await {
-            self.prefetched = ids.into_iter().zip(values).map(|(id, v)| (id, v.is_some())).collect();
+    /// Reads what a batch's records will ask the Store — their applied
+    /// markers, and the units and tasks their commands name — in one round
+    /// trip (three reads pipelined on one connection), instead of one or
+    /// two round trips per record. Best effort: on a Store error each
+    /// record asks again.
+    pub async fn prefetch(&mut self, wanted: Wanted) {
+        let applied: Vec<String> = wanted
+            .applied
+            .into_iter()
+            .filter(|id| !self.recent.ids.contains(id))
+            .collect();
+        let applied_keys: Vec<String> = applied.iter().map(|id| super::applied_key(id)).collect();
+        let task_keys: Vec<String> = wanted.tasks.iter().map(|id| super::task_key(id)).collect();
+        let (markers, units, tasks) = futures::join!(
+            self.store.get_keys(&applied_keys),
+            self.store.units_by_id(&wanted.units),
+            self.store.get_keys(&task_keys),
+        );
+        let mut prefetched = Prefetched::default();
+        if let Ok(markers) = markers {
+            prefetched.applied = applied
+                .into_iter()
+                .zip(markers)
+                .map(|(id, v)| (id, v.is_some()))
+                .collect();
         }
+        if let Ok(units) = units {
+            prefetched.units = wanted.units.into_iter().zip(units).collect();
+        }
+        if let Ok(tasks) = tasks {
+            prefetched.tasks = wanted
+                .tasks
+                .into_iter()
+                .zip(tasks)
+                .map(|(id, json)| (id, json.and_then(|j| serde_json::from_str(&j).ok())))
+                .collect();
+        }
+        self.prefetched = prefetched;
     }
 
     pub fn remember(&mut self, id: String) {

@@ -34,7 +34,7 @@ use bus::kafka::OutRecord;
 use bus::model::{DeadLetter, Escalation, Incident, Task, Timestamp, Unit, UnitStatus};
 use bus::store::NearbyUnit;
 
-pub(crate) use self::books::Books;
+pub(crate) use self::books::{Books, Wanted};
 pub use self::publish::{Publish, Recorder};
 pub use self::settle::SettleError;
 
@@ -166,6 +166,9 @@ impl<'b> Tx<'b> {
         if let Some(t) = self.books.tasks.get(id) {
             return Ok(Some(t.clone()));
         }
+        if let Some(t) = self.books.prefetched.tasks.get(id) {
+            return Ok(t.clone());
+        }
         match self.books.store.get_key(&task_key(id)).await? {
             Some(json) => Ok(serde_json::from_str(&json).ok()),
             None => Ok(None),
@@ -183,10 +186,13 @@ impl<'b> Tx<'b> {
     }
 
     pub async fn unit(&self, id: &str) -> anyhow::Result<Option<Unit>> {
-        match self.staged_unit(id) {
-            Some(unit) => Ok(Some(unit)),
-            None => Ok(self.books.store.unit(id).await?),
+        if let Some(unit) = self.staged_unit(id) {
+            return Ok(Some(unit));
         }
+        if let Some(unit) = self.books.prefetched.units.get(id) {
+            return Ok(unit.clone());
+        }
+        Ok(self.books.store.unit(id).await?)
     }
 
     /// Units within `radius_m` of the point, nearest first, at most

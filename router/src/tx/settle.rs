@@ -225,6 +225,7 @@ impl Books {
             }
         }
         self.owned = partitions;
+        self.assigned = true;
         self.reload().await?;
         tracing::info!(
             partitions = ?self.owned,
