@@ -27,6 +27,9 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// A rebuild that cannot reach the end offsets in this long fails the
 /// start rather than run on a half-filled Store.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the rebuild keeps reading past the end offsets for records the
+/// broker's watermarks did not count.
+const TAIL_QUIET: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
@@ -145,27 +148,32 @@ fn read_to_end(bootstrap: &str, topics: &[(Topic, String)]) -> Result<Vec<(Topic
         let mut ends: HashMap<i32, i64> = HashMap::new();
         for t in metadata.topics() {
             for p in t.partitions() {
+                assignment.add_partition_offset(name, p.id(), Offset::Beginning)?;
                 let (low, high) = consumer.fetch_watermarks(name, p.id(), METADATA_TIMEOUT)?;
                 if high > low {
-                    assignment.add_partition_offset(name, p.id(), Offset::Beginning)?;
                     ends.insert(p.id(), high);
                 }
             }
         }
-        if ends.is_empty() {
+        if assignment.count() == 0 {
             continue;
         }
         consumer.assign(&assignment)?;
         let started = Instant::now();
-        while !ends.is_empty() {
+        // Past the end offsets, until nothing more comes for a while: a
+        // broker whose watermark lags its log (tansu 0.6 left an
+        // incident's only record out of a rebuild) cannot hide a record.
+        let mut quiet_since: Option<Instant> = None;
+        while !ends.is_empty() || quiet_since.is_none_or(|q| q.elapsed() < TAIL_QUIET) {
             if started.elapsed() > READ_TIMEOUT {
                 return Err(RebuildError::Timeout {
                     topic: name.clone(),
                     seconds: READ_TIMEOUT.as_secs(),
                 });
             }
-            match consumer.poll(Duration::from_millis(200)) {
+            match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
+                    quiet_since = None;
                     if let Some(payload) = m.payload() {
                         out.push((*topic, payload.to_vec()));
                     }
@@ -174,7 +182,9 @@ fn read_to_end(bootstrap: &str, topics: &[(Topic, String)]) -> Result<Vec<(Topic
                     }
                 }
                 Some(Err(e)) => tracing::warn!(topic = %name, error = %e, "rebuild read error, retrying"),
-                None => {}
+                None => {
+                    quiet_since.get_or_insert_with(Instant::now);
+                }
             }
         }
         consumer.unassign()?;
