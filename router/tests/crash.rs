@@ -332,26 +332,13 @@ async fn run_case(base: &ServiceContext, ops: Vec<Op>, kills: Vec<Kill>, faults:
         fail: faults.iter().copied().collect(),
     });
     let mut ctx = base.clone();
-    ctx.store = flaky.clone();
+    ctx.store = inner.clone();
     for i in 0..UNITS {
         let (lat, lon) = PLACES[i % PLACES.len()];
-        let place = bus::geo::CityMap::new(&ctx.config).place(lat, lon);
-        inner
-            .put_unit(&Unit {
-                id: unit_id(i),
-                unit_type: UnitType::PatrolCar,
-                jurisdiction: place.jurisdiction,
-                status: UnitStatus::Available,
-                lat: Some(lat + 0.001 * (i / PLACES.len()) as f64),
-                lon: Some(lon),
-                at: t0(),
-                task: None,
-                speed_kmh: None,
-                name: None,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+        let lat = lat + 0.001 * (i / PLACES.len()) as f64;
+        common::unit(&ctx, &unit_id(i), UnitType::PatrolCar, lat, lon).await;
     }
+    ctx.store = flaky.clone();
     let recorder = Recorder::new();
     let partitions: Vec<i32> = (0..ctx.config.kafka.partitions).collect();
     let mut router = fresh_router(&ctx, &recorder);
