@@ -62,21 +62,64 @@ fn clock_due(incident: &Incident, now: Timestamp) -> bool {
 /// One tick over the open incidents this instance holds; stages one
 /// transaction per incident that changed.
 pub(crate) async fn tick(books: &mut Books, engine: &Engine, clock: &mut Clock, now: Timestamp) -> anyhow::Result<()> {
-    let mut due: Vec<String> = Vec::new();
-    let mut waiting: Vec<&Incident> = Vec::new();
-    for incident in books.open.values() {
-        if clock_due(incident, now) {
-            due.push(incident.id.clone());
-        } else if needs_units(engine, incident) {
-            waiting.push(incident);
-        }
+    let due: Vec<String> = books
+        .open
+        .values()
+        .filter(|i| clock_due(i, now))
+        .map(|i| i.id.clone())
+        .collect();
+    // Units another instance freed are found here: a few waiting
+    // incidents are retried each tick besides those of the units this one
+    // freed.
+    let budget = WAITING_RETRIES_PER_TICK + std::mem::take(&mut books.freed);
+    let retry = waiting_to_retry(books, engine, clock, budget, now);
+    for id in due.into_iter().chain(retry) {
+        let Some(incident) = books.open.get(&id).cloned() else {
+            continue;
+        };
+        let partition = books.partition_of(&incident.jurisdiction);
+        let mut tx = Tx::begin(books, partition, None);
+        step(&mut tx, engine, incident, now).await?;
+        tx.stage(now)?;
     }
-    // A unit frees up for one incident: each tick retries as many waiting
-    // incidents as units were freed since the last, plus a few (units
-    // another instance freed), most urgent and longest untried first.
-    // Retrying all of them would scan every unit for every waiting
-    // incident, and a backlog would starve the live records.
-    let budget = WAITING_RETRIES_PER_TICK + books.freed;
+    Ok(())
+}
+
+/// Units were made available by the records just staged: the most urgent
+/// incidents waiting for a unit get them now, in the same batch, rather
+/// than at the next tick.
+pub(crate) async fn dispatch_freed(
+    books: &mut Books,
+    engine: &Engine,
+    clock: &mut Clock,
+    now: Timestamp,
+) -> anyhow::Result<()> {
+    let budget = std::mem::take(&mut books.freed);
+    if budget == 0 {
+        return Ok(());
+    }
+    for id in waiting_to_retry(books, engine, clock, budget, now) {
+        let Some(incident) = books.open.get(&id).cloned() else {
+            continue;
+        };
+        let partition = books.partition_of(&incident.jurisdiction);
+        let mut tx = Tx::begin(books, partition, None);
+        step(&mut tx, engine, incident, now).await?;
+        tx.stage(now)?;
+    }
+    Ok(())
+}
+
+/// Up to `budget` incidents waiting for units (not due for a breach),
+/// most urgent and longest untried first: a unit frees up for one
+/// incident, and retrying all of them would scan every unit for every
+/// waiting incident, so a backlog would starve the live records.
+fn waiting_to_retry(books: &Books, engine: &Engine, clock: &mut Clock, budget: usize, now: Timestamp) -> Vec<String> {
+    let waiting: Vec<&Incident> = books
+        .open
+        .values()
+        .filter(|i| !clock_due(i, now) && needs_units(engine, i))
+        .collect();
     let mut ranked: Vec<_> = waiting
         .iter()
         .map(|i| {
@@ -92,22 +135,11 @@ pub(crate) async fn tick(books: &mut Books, engine: &Engine, clock: &mut Clock, 
     }
     ranked.sort_unstable();
     let retry: Vec<String> = ranked.iter().map(|(_, id)| (*id).to_owned()).collect();
-    books.freed = 0;
     clock.retried.retain(|id, _| books.open.contains_key(id));
     for id in &retry {
         clock.retried.insert(id.clone(), now);
     }
-    due.extend(retry);
-    for id in due {
-        let Some(incident) = books.open.get(&id).cloned() else {
-            continue;
-        };
-        let partition = books.partition_of(&incident.jurisdiction);
-        let mut tx = Tx::begin(books, partition, None);
-        step(&mut tx, engine, incident, now).await?;
-        tx.stage(now)?;
-    }
-    Ok(())
+    retry
 }
 
 /// One incident's clock step within `tx`.

@@ -162,7 +162,11 @@ impl Router {
         let failed = |handled, source| BatchError { handled, source };
         // What an earlier call committed or staged comes first.
         self.settle().await.map_err(|e| failed(0, e.into()))?;
-        self.books.prefetch(wanted(records)).await;
+        let router = &self.engine.config().router;
+        let mut wanted = wanted(records);
+        wanted.near_radius_m = router.search_radius_m;
+        wanted.near_limit = router.candidate_units.saturating_mul(4);
+        self.books.prefetch(wanted).await;
         let mut staged = 0;
         let mut result = Ok(());
         for record in records {
@@ -171,6 +175,12 @@ impl Router {
                 break;
             }
             staged += 1;
+        }
+        if result.is_ok()
+            && let Err(e) = clock::dispatch_freed(&mut self.books, &self.engine, &mut self.clock, now).await
+        {
+            // The clock retries them; the records are handled.
+            tracing::warn!(error = %format!("{e:#}"), "dispatching freed units failed");
         }
         self.books.prefetched = Default::default();
         metrics::histogram!(bus::metrics::ROUTER_BATCH_RECORDS).record(staged as f64);
@@ -400,6 +410,14 @@ fn wanted(records: &[Received]) -> Wanted {
             && !ce.id.is_empty()
         {
             wanted.applied.push(ce.id.clone());
+        }
+        if record.topic == Topic::Events {
+            if let Ok(event) = record.json::<Event>()
+                && let Some(location) = event.input.location
+            {
+                wanted.near.push((location.lat, location.lon));
+            }
+            continue;
         }
         if record.topic != Topic::Actions {
             continue;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bus::kafka::OutRecord;
 use bus::model::{Incident, Task, Unit};
-use bus::store::SharedStore;
+use bus::store::{NearbyUnit, SharedStore};
 
 use super::Publish;
 use crate::engine::SpatialIndex;
@@ -68,6 +68,11 @@ pub(crate) struct Wanted {
     pub applied: Vec<String>,
     pub units: Vec<String>,
     pub tasks: Vec<String>,
+    /// Where its events are: dispatch searches for units near each.
+    pub near: Vec<(f64, f64)>,
+    /// The search dispatch makes: radius and how many units.
+    pub near_radius_m: f64,
+    pub near_limit: usize,
 }
 
 /// The Store's answers for a batch's [`Wanted`] ids, as they were when the
@@ -78,6 +83,11 @@ pub(crate) struct Prefetched {
     pub applied: HashMap<String, bool>,
     pub units: HashMap<String, Option<Unit>>,
     pub tasks: HashMap<String, Option<Task>>,
+    /// Units near each event's point (by the bits of lat and lon), as
+    /// `nearest_units` answered with `near_radius_m` and `near_limit`.
+    pub near: HashMap<(u64, u64), Vec<NearbyUnit>>,
+    pub near_radius_m: f64,
+    pub near_limit: usize,
 }
 
 /// Ids applied lately, oldest forgotten first.
@@ -199,6 +209,33 @@ impl Books {
                 .map(|(id, json)| (id, json.and_then(|j| serde_json::from_str(&j).ok())))
                 .collect();
         }
+        // Dispatch's searches, all at once, then every unit they found
+        // that is not read yet: two round trips for the batch instead of
+        // two per event.
+        let searches = wanted.near.iter().map(|(lat, lon)| {
+            self.store
+                .nearest_units(*lat, *lon, wanted.near_radius_m, wanted.near_limit)
+        });
+        let found = futures::future::join_all(searches).await;
+        let mut ids: Vec<String> = Vec::new();
+        for ((lat, lon), hits) in wanted.near.iter().zip(found) {
+            let Ok(hits) = hits else { continue };
+            ids.extend(
+                hits.iter()
+                    .filter(|h| !prefetched.units.contains_key(&h.unit))
+                    .map(|h| h.unit.clone()),
+            );
+            prefetched.near.insert((lat.to_bits(), lon.to_bits()), hits);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        if let Ok(units) = self.store.units_by_id(&ids).await {
+            prefetched.units.extend(ids.into_iter().zip(units));
+        } else {
+            prefetched.near.clear();
+        }
+        prefetched.near_radius_m = wanted.near_radius_m;
+        prefetched.near_limit = wanted.near_limit;
         self.prefetched = prefetched;
     }
 

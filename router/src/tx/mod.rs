@@ -205,9 +205,36 @@ impl<'b> Tx<'b> {
         radius_m: f64,
         limit: usize,
     ) -> anyhow::Result<Vec<(NearbyUnit, Unit)>> {
-        let nearby = self.books.store.nearest_units(lat, lon, radius_m, limit).await?;
-        let ids: Vec<String> = nearby.iter().map(|near| near.unit.clone()).collect();
-        let stored = self.books.store.units_by_id(&ids).await?;
+        let prefetched = &self.books.prefetched;
+        let searched = prefetched
+            .near
+            .get(&(lat.to_bits(), lon.to_bits()))
+            .filter(|_| prefetched.near_radius_m == radius_m && prefetched.near_limit >= limit);
+        let nearby = match searched {
+            Some(hits) => hits.iter().take(limit).cloned().collect(),
+            None => self.books.store.nearest_units(lat, lon, radius_m, limit).await?,
+        };
+        let unread: Vec<String> = nearby
+            .iter()
+            .filter(|near| !prefetched.units.contains_key(&near.unit))
+            .map(|near| near.unit.clone())
+            .collect();
+        let mut read: std::collections::HashMap<String, Option<Unit>> = if unread.is_empty() {
+            Default::default()
+        } else {
+            unread
+                .iter()
+                .cloned()
+                .zip(self.books.store.units_by_id(&unread).await?)
+                .collect()
+        };
+        let stored: Vec<Option<Unit>> = nearby
+            .iter()
+            .map(|near| match prefetched.units.get(&near.unit) {
+                Some(unit) => unit.clone(),
+                None => read.remove(&near.unit).flatten(),
+            })
+            .collect();
         Ok(nearby
             .into_iter()
             .zip(stored)
