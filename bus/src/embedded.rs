@@ -4,13 +4,20 @@
 //! It is not durable: everything is lost when the process exits.
 //!
 //! The mock cluster handle is not `Send`, so it lives on a thread of its own
-//! and is driven by messages; this also gives tests fault injection
-//! (`broker_down`, `request_errors`) from any task. It must never be used
+//! and is driven by messages; this also gives tests and `qzx broker`'s
+//! control endpoint fault injection (`broker_down`, `request_errors`,
+//! round-trip delay, leader moves) from any task. It must never be used
 //! where durability is promised.
+//!
+//! Each broker listens on a loopback port the kernel picks: librdkafka's
+//! mock binds port 0 and has no option for a chosen one
+//! (`rd_kafka_mock_broker_new`; `rd_kafka_mock_broker_set_host_port` only
+//! changes the advertised address, not the socket).
 
 use std::sync::Mutex;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -52,12 +59,25 @@ enum Request {
         api: RDKafkaApiKey,
         reply: Reply,
     },
+    RoundTripTime {
+        id: i32,
+        delay: Duration,
+        reply: Reply,
+    },
+    PartitionLeader {
+        topic: String,
+        partition: i32,
+        broker: i32,
+        reply: Reply,
+    },
     Stop,
 }
 
 /// A running mock cluster. Dropping it stops the cluster.
 pub struct EmbeddedBroker {
     bootstrap: String,
+    /// Broker ids are 1 to this, as the mock numbers them.
+    brokers: i32,
     requests: Mutex<mpsc::Sender<Request>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -96,6 +116,7 @@ impl EmbeddedBroker {
         tracing::warn!(%bootstrap, "embedded kafka broker started; it is not durable");
         Ok(EmbeddedBroker {
             bootstrap,
+            brokers,
             requests: Mutex::new(tx),
             thread: Some(thread),
         })
@@ -104,6 +125,11 @@ impl EmbeddedBroker {
     /// The address any Kafka client can bootstrap from.
     pub fn bootstrap_servers(&self) -> &str {
         &self.bootstrap
+    }
+
+    /// How many brokers the cluster has; their ids are 1 to this.
+    pub fn broker_count(&self) -> i32 {
+        self.brokers
     }
 
     /// Creates a topic (the mock cluster has no CreateTopics API).
@@ -142,6 +168,26 @@ impl EmbeddedBroker {
 
     pub fn clear_request_errors(&self, api: RDKafkaApiKey) -> Result<(), EmbeddedError> {
         self.call(|reply| Request::ClearErrors { api, reply })
+    }
+
+    /// Fault injection: the broker answers every request `delay` late
+    /// (zero restores it).
+    pub fn round_trip_time(&self, id: i32, delay: Duration) -> Result<(), EmbeddedError> {
+        self.call(|reply| Request::RoundTripTime { id, delay, reply })
+    }
+
+    /// Fault injection: the partition's leader moves to `broker`. Clients
+    /// find out from the old leader's errors and their next metadata
+    /// request. The mock creates a topic it does not know, so callers check
+    /// the topic first.
+    pub fn partition_leader(&self, topic: &str, partition: i32, broker: i32) -> Result<(), EmbeddedError> {
+        let topic = topic.to_owned();
+        self.call(|reply| Request::PartitionLeader {
+            topic,
+            partition,
+            broker,
+            reply,
+        })
     }
 
     fn call(&self, make: impl FnOnce(Reply) -> Request) -> Result<(), EmbeddedError> {
@@ -183,6 +229,13 @@ fn serve(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContex
                 cluster.clear_request_errors(api);
                 (Ok(()), reply)
             }
+            Request::RoundTripTime { id, delay, reply } => (cluster.broker_round_trip_time(id, delay), reply),
+            Request::PartitionLeader {
+                topic,
+                partition,
+                broker,
+                reply,
+            } => (cluster.partition_leader(&topic, partition, Some(broker)), reply),
             Request::Stop => return,
         };
         let _ = reply.send(result.map_err(|e| e.to_string()));
