@@ -4,6 +4,7 @@
 //! `qzx demo`, one-service commands and tests start the same code.
 
 mod bench;
+mod broker;
 mod serve;
 
 /// mimalloc rather than glibc's malloc: under load, allocation and freeing
@@ -66,6 +67,9 @@ enum Command {
     Token(TokenArgs),
     /// Validates the configuration and prints the effective one.
     CheckConfig,
+    /// The embedded broker (not durable) as a process of its own, with a
+    /// loopback control endpoint for fault injection.
+    Broker(broker::BrokerArgs),
 }
 
 #[derive(Args, Debug)]
@@ -256,6 +260,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Sim(args) => {
             runtime()?.block_on(run_sim(config, args))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Broker(args) => {
+            runtime()?.block_on(broker::run(config, args))?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Demo(args) => Services {
