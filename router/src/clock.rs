@@ -13,7 +13,8 @@ use std::collections::HashMap;
 
 use bus::model::{EscalationKind, Incident, Stage, Task, Timestamp, Unit, UnitStatus};
 
-use crate::dispatch::{escalation, needs_units, redispatch, top_up};
+use crate::dispatch::{escalation, redispatch, top_up};
+use crate::plan::needs_units;
 use crate::engine::{Engine, derive_status};
 use crate::tx::{Books, Tx, task_key};
 

@@ -1,17 +1,17 @@
 //! Sending units: the primary task and P1 reinforcements an incident still
 //! needs (`top_up`), re-dispatch of tasks not acknowledged in time, and
-//! ending tasks (their units made available again). The engine ranks; this
-//! module claims the ranked units through the transaction, so two
-//! incidents never get one unit, and a unit it cannot claim is skipped.
-
-use std::collections::HashSet;
+//! ending tasks (their units made available again). Each reads the
+//! candidates once, lets the engine decide ([`crate::plan`]), and carries
+//! the decision out through the transaction, which claims each unit (the
+//! commit checks it is still available, so two incidents never get one).
 
 use bus::model::{
-    Escalation, EscalationKind, Incident, IncidentStatus, IncidentUnit, Stage, TaskKind, TaskStatus, Timestamp,
-    UnitRole, UnitStatus, UnitType, new_id,
+    Escalation, EscalationKind, Incident, IncidentUnit, Stage, TaskKind, TaskStatus, Timestamp, UnitRole, UnitStatus,
+    UnitType, new_id,
 };
 
 use crate::engine::{BY_ROUTER, Candidate, Engine, derive_status, entry};
+use crate::plan::Issue;
 use crate::tx::Tx;
 
 /// An escalation the router raises about an incident.
@@ -37,70 +37,23 @@ pub(crate) fn escalation(
     }
 }
 
-/// Units working on (or done with) an incident: not cancelled.
-pub(crate) fn working_units(incident: &Incident) -> usize {
-    incident
-        .units
-        .iter()
-        .filter(|u| u.status.is_open() || u.status == TaskStatus::Cleared)
-        .count()
-}
-
-/// A police incident with a clock that has fewer units than it needs:
-/// none at all, or for P1 fewer than the reinforce target.
-pub(crate) fn needs_units(engine: &Engine, incident: &Incident) -> bool {
-    if incident.deadlines.is_none()
-        || incident.diverted_to.is_some()
-        || !incident.status.is_open()
-        || incident.status == IncidentStatus::Resolved
-    {
-        return false;
-    }
-    let needed = if incident.priority == 1 {
-        engine.reinforce_units(&incident.jurisdiction, 1) as usize
-    } else {
-        1
-    };
-    working_units(incident) < needed
-}
-
-/// Sends the units an incident still needs: a primary when it has no
-/// working task, and for P1 reinforcements up to the reinforce target. A
-/// shortfall is escalated once (`no_unit`) and retried by the clock.
+/// Sends the units an incident still needs (a primary, and for P1
+/// reinforcements): the candidates read once, the plan decided once
+/// ([`Engine::plan_top_up`]), then carried out. A shortfall is escalated
+/// once (`no_unit`) and retried by the clock.
 pub(crate) async fn top_up(
     tx: &mut Tx<'_>,
     engine: &Engine,
     incident: &mut Incident,
     now: Timestamp,
 ) -> anyhow::Result<()> {
-    if working_units(incident) == 0 {
-        let issued = dispatch(tx, engine, incident, TaskKind::Respond, UnitRole::Primary, None, 1, now).await?;
-        if issued == 0 {
-            no_unit(tx, engine, incident, now, "none for the primary task");
-            return Ok(());
-        }
+    let candidates = candidates(tx, engine, incident).await?;
+    let plan = engine.plan_top_up(incident, &candidates, now);
+    for issue in plan.issues {
+        carry_out(tx, incident, issue, now);
     }
-    if incident.priority == 1 {
-        let needed = engine.reinforce_units(&incident.jurisdiction, 1) as usize;
-        let have = working_units(incident);
-        if have < needed {
-            let missing = needed - have;
-            let issued = dispatch(
-                tx,
-                engine,
-                incident,
-                TaskKind::Reinforce,
-                UnitRole::Reinforcement,
-                None,
-                missing,
-                now,
-            )
-            .await?;
-            if issued < missing {
-                let why = format!("only {} of {needed} units available", have + issued);
-                no_unit(tx, engine, incident, now, &why);
-            }
-        }
+    if let Some(why) = plan.shortfall {
+        no_unit(tx, engine, incident, now, &why);
     }
     derive_status(incident);
     Ok(())
@@ -121,9 +74,27 @@ fn no_unit(tx: &mut Tx<'_>, engine: &Engine, incident: &mut Incident, now: Times
     tx.escalate(escalation(incident, EscalationKind::NoUnit, now, what, desks));
 }
 
+/// The units that could take the incident's tasks, nearest first, as this
+/// transaction sees them: the one read dispatch makes.
+async fn candidates(tx: &Tx<'_>, engine: &Engine, incident: &Incident) -> anyhow::Result<Vec<Candidate>> {
+    let Some((lat, lon)) = engine.dispatch_point(incident) else {
+        return Ok(Vec::new());
+    };
+    let config = &engine.config().router;
+    // More than a task needs: the nearest may all be busy.
+    let limit = config.candidate_units.saturating_mul(4);
+    let nearby = tx.units_near(lat, lon, config.search_radius_m, limit).await?;
+    Ok(nearby
+        .into_iter()
+        .map(|(near, unit)| Candidate {
+            unit,
+            distance_m: near.distance_m,
+        })
+        .collect())
+}
+
 /// Issues up to `count` tasks of `kind` to the best available units that
-/// have not worked on this incident, claiming each (one taken meanwhile
-/// is skipped). Returns how many were issued.
+/// have not worked on this incident. Returns how many were issued.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn dispatch(
     tx: &mut Tx<'_>,
@@ -135,71 +106,51 @@ pub(crate) async fn dispatch(
     count: usize,
     now: Timestamp,
 ) -> anyhow::Result<usize> {
-    let Some((lat, lon)) = engine.dispatch_point(incident) else {
-        return Ok(0);
-    };
-    let config = &engine.config().router;
-    let limit = config.candidate_units.max(count);
-    // Ask for more than we need: the nearest may all be busy.
-    let nearby = tx
-        .units_near(lat, lon, config.search_radius_m, limit.saturating_mul(4))
-        .await?;
-    let tried: HashSet<&str> = incident.units.iter().map(|u| u.unit.as_str()).collect();
-    let candidates: Vec<Candidate> = nearby
+    let candidates = candidates(tx, engine, incident).await?;
+    let issues = engine.pick(incident, kind, role, unit_type, count, &candidates, now);
+    Ok(issues
         .into_iter()
-        .filter(|(_, unit)| {
-            !tried.contains(unit.id.as_str())
-                && unit.status == UnitStatus::Available
-                && unit_type.is_none_or(|t| t == unit.unit_type)
-        })
-        .take(limit)
-        .map(|(near, unit)| Candidate {
-            unit,
-            distance_m: near.distance_m,
-        })
-        .collect();
-    let ranked = engine.rank(incident, candidates, now);
-    let mut issued = 0;
-    for choice in ranked {
-        if issued == count {
-            break;
-        }
-        let task = engine.new_task(incident, &choice.unit.id, kind, now);
-        match tx.claim(&choice.unit, &task.id) {
-            Some(mut unit) => {
-                unit.at = now;
-                incident.units.push(IncidentUnit {
-                    unit: unit.id.clone(),
-                    task: task.id.clone(),
-                    role,
-                    status: TaskStatus::Issued,
-                    eta_s: choice.eta_s,
-                });
-                let late = if choice.in_time {
-                    ""
-                } else {
-                    ", after the arrive target"
-                };
-                incident.timeline.push(entry(
-                    now,
-                    format!(
-                        "{} task issued to {} ({}, eta {} s{late})",
-                        kind.as_str(),
-                        unit.id,
-                        unit.unit_type.as_str(),
-                        choice.eta_s,
-                    ),
-                    BY_ROUTER,
-                ));
-                metrics::counter!(bus::metrics::ROUTER_TASKS_TOTAL, "kind" => kind.as_str()).increment(1);
-                tx.put_unit(unit);
-                tx.put_task(task);
-                issued += 1;
-            }
-            None => tracing::debug!(unit = %choice.unit.id, "unit taken meanwhile"),
-        }
-    }
-    Ok(issued)
+        .filter(|issue| carry_out(tx, incident, issue.clone(), now))
+        .count())
+}
+
+/// Claims the issue's unit and records its task on the incident. False
+/// when the unit cannot be claimed (it was not available after all).
+fn carry_out(tx: &mut Tx<'_>, incident: &mut Incident, issue: Issue, now: Timestamp) -> bool {
+    let Issue {
+        unit,
+        task,
+        role,
+        eta_s,
+        in_time,
+    } = issue;
+    let Some(mut unit) = tx.claim(&unit, &task.id) else {
+        tracing::debug!(unit = %unit.id, "unit taken meanwhile");
+        return false;
+    };
+    unit.at = now;
+    incident.units.push(IncidentUnit {
+        unit: unit.id.clone(),
+        task: task.id.clone(),
+        role,
+        status: TaskStatus::Issued,
+        eta_s,
+    });
+    let late = if in_time { "" } else { ", after the arrive target" };
+    incident.timeline.push(entry(
+        now,
+        format!(
+            "{} task issued to {} ({}, eta {eta_s} s{late})",
+            task.kind.as_str(),
+            unit.id,
+            unit.unit_type.as_str(),
+        ),
+        BY_ROUTER,
+    ));
+    metrics::counter!(bus::metrics::ROUTER_TASKS_TOTAL, "kind" => task.kind.as_str()).increment(1);
+    tx.put_unit(unit);
+    tx.put_task(task);
+    true
 }
 
 /// The respond deadline passed without an acknowledgement: each task still

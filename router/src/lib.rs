@@ -21,6 +21,7 @@ mod dispatch;
 pub mod engine;
 mod events;
 pub mod partition;
+pub mod plan;
 pub mod rebuild;
 pub mod score;
 pub mod service;
