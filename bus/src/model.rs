@@ -67,6 +67,58 @@ pub struct SensorInfo {
     pub confidence: Option<f64>,
 }
 
+/// What ingest corrected in a call it accepted rather than refused
+/// (有警必接、接案必登: a `call110` or `report` is never refused for its
+/// content). Carried by the event and by its incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flag {
+    /// No usable coordinates: placed in the fallback jurisdiction with no
+    /// cell; an address sent alone is kept in `attrs.address`.
+    Unlocated,
+    /// `occurred_at` was too far ahead of the receive time: set to the
+    /// receive time, the sent value kept in `attrs.sent_occurred_at`.
+    ClockSkew,
+    /// A field over its limit was cut (on a character boundary); the full
+    /// original is on the dead-letter topic with the event's id.
+    Truncated,
+    /// Coordinates out of range, not numbers, or only one of the two: they
+    /// were dropped (the address kept); always with `unlocated`.
+    BadCoordinates,
+    /// Contract extension: a field of the wrong type (text an object,
+    /// caller a string, an unreadable `occurred_at`) was dropped, its value
+    /// kept in `attrs.malformed` when small; the full original is on the
+    /// dead-letter topic with the event's id.
+    Malformed,
+}
+
+impl Flag {
+    /// The JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flag::Unlocated => "unlocated",
+            Flag::ClockSkew => "clock_skew",
+            Flag::Truncated => "truncated",
+            Flag::BadCoordinates => "bad_coordinates",
+            Flag::Malformed => "malformed",
+        }
+    }
+
+    /// The event no longer holds everything the sender sent: the original
+    /// goes to the dead-letter topic, linked by the event id.
+    pub fn loses_content(self) -> bool {
+        matches!(self, Flag::Truncated | Flag::BadCoordinates | Flag::Malformed)
+    }
+}
+
+/// Adds `flag` unless it is there already: flags are a set, in the order
+/// first seen.
+pub fn add_flag(flags: &mut Vec<Flag>, flag: Flag) {
+    if !flags.contains(&flag) {
+        flags.push(flag);
+    }
+}
+
 /// An input event as a source system sends it, after validation
 /// (see [`crate::validate`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +138,12 @@ pub struct InputEvent {
     pub sensor: Option<SensorInfo>,
     #[serde(default)]
     pub attrs: Map<String, Value>,
+    /// What validation corrected instead of refusing the call. Here, not on
+    /// [`Event`], because validation is what corrects the fields and every
+    /// channel's input passes through it; the event flattens it, so on the
+    /// wire it is the event's `flags`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<Flag>,
 }
 
 /// A normalised event: the input plus what ingest adds. Value of the
@@ -283,6 +341,9 @@ pub struct Incident {
     /// The incident this one follows up (不满意回访 after `unsatisfied`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follow_up_of: Option<String>,
+    /// Every flag of its events (`unlocated`: a person must place it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<Flag>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -669,6 +730,11 @@ pub struct DeadLetter {
     pub source: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// Set when the item was accepted after all (a call corrected and
+    /// flagged): the event that stands for it. Such a dead letter is the
+    /// full original, not a refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
 }
 
 impl DeadLetter {
@@ -690,6 +756,7 @@ impl DeadLetter {
             channel,
             source: None,
             content_type: None,
+            event_id: None,
         }
     }
 
@@ -804,6 +871,24 @@ mod tests {
     }
 
     #[test]
+    fn records_without_flags_still_parse_and_flags_are_omitted_when_empty() {
+        let mut json = serde_json::json!({
+            "id": "i1", "version": 1, "status": "new", "priority": 2, "score": 50, "kind": "theft",
+            "location": null, "jurisdiction": "shiju", "cell": null, "desks": [], "events": ["e1"],
+            "repeat_count": 1, "diverted_to": null, "created_at": "2026-11-22T06:00:00Z",
+            "updated_at": "2026-11-22T06:00:00Z", "deadlines": null,
+            "sla": {"respond": "pending", "arrive": "pending", "reinforce": "pending"},
+            "units": [], "timeline": []
+        });
+        let incident: Incident = serde_json::from_value(json.clone()).unwrap();
+        assert!(incident.flags.is_empty());
+        assert!(serde_json::to_value(&incident).unwrap().get("flags").is_none());
+        json["flags"] = serde_json::json!(["unlocated", "bad_coordinates"]);
+        let incident: Incident = serde_json::from_value(json).unwrap();
+        assert_eq!(incident.flags, vec![Flag::Unlocated, Flag::BadCoordinates]);
+    }
+
+    #[test]
     fn event_flattens_input_fields() {
         let event = Event {
             id: "e1".into(),
@@ -824,9 +909,11 @@ mod tests {
                 caller: None,
                 sensor: None,
                 attrs: Map::new(),
+                flags: vec![Flag::ClockSkew],
             },
         };
         let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["flags"], serde_json::json!(["clock_skew"]));
         assert_eq!(json["source"], "call110");
         assert_eq!(json["jurisdiction"], "quancheng");
         let back: Event = serde_json::from_value(json).unwrap();

@@ -208,5 +208,6 @@ fn incident(id: &str) -> Incident {
         disposition: None,
         feedback: None,
         follow_up_of: None,
+        flags: Vec::new(),
     }
 }

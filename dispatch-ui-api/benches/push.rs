@@ -73,6 +73,7 @@ fn incident_json() -> Vec<u8> {
         disposition: None,
         feedback: None,
         follow_up_of: None,
+        flags: Vec::new(),
     };
     serde_json::to_vec(&incident).expect("an incident serialises")
 }

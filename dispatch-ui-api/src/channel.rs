@@ -416,6 +416,7 @@ mod tests {
             disposition: None,
             feedback: None,
             follow_up_of: None,
+            flags: Vec::new(),
         };
         let task = Task {
             id: "t-1".into(),

@@ -448,6 +448,7 @@ async fn escalations_units_and_events_reach_their_channels() {
             caller: None,
             sensor: None,
             attrs: Default::default(),
+            flags: Vec::new(),
         },
     };
     router

@@ -35,6 +35,7 @@ fn event(city: &CityMap, kind: &str, text: &str, lat: f64, lon: f64, at: chrono:
         caller: None,
         sensor: None,
         attrs: serde_json::Map::new(),
+        flags: Vec::new(),
     };
     bus::validate::normalise(input, city, at)
 }

@@ -296,6 +296,7 @@ impl Engine {
             disposition: None,
             feedback: None,
             follow_up_of: None,
+            flags: event.input.flags.clone(),
         }
     }
 
@@ -710,6 +711,7 @@ mod tests {
                 caller: None,
                 sensor: None,
                 attrs: Map::new(),
+                flags: Vec::new(),
             },
         }
     }

@@ -220,6 +220,7 @@ mod tests {
                 caller: None,
                 sensor: None,
                 attrs: Map::new(),
+                flags: Vec::new(),
             },
         }
     }

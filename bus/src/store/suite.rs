@@ -155,6 +155,7 @@ fn incident(id: &str, version: u64, status: IncidentStatus) -> Incident {
         disposition: None,
         feedback: None,
         follow_up_of: None,
+        flags: Vec::new(),
     }
 }
 

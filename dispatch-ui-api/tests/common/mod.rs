@@ -236,6 +236,7 @@ pub fn incident(id: &str, jurisdiction: &str, version: u64, status: IncidentStat
         disposition: None,
         feedback: None,
         follow_up_of: None,
+        flags: Vec::new(),
     }
 }
 

@@ -73,5 +73,8 @@ fn follow_up(closed: &Incident, now: Timestamp) -> Incident {
         disposition: None,
         feedback: None,
         follow_up_of: Some(closed.id.clone()),
+        // The follow-up is a phone call back, not a place to go: what was
+        // wrong with the original call stays on the original.
+        flags: Vec::new(),
     }
 }

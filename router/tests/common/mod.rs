@@ -63,6 +63,7 @@ pub fn event(ctx: &ServiceContext, source: Source, kind: &str, text: &str, lat: 
         caller: None,
         sensor: None,
         attrs: Map::new(),
+        flags: Vec::new(),
     };
     bus::validate::normalise(input, &bus::geo::CityMap::new(&ctx.config), at)
 }
