@@ -8,6 +8,8 @@ pub const INGEST_EVENTS_ACCEPTED_TOTAL: &str = "qzx_ingest_events_accepted_total
 pub const INGEST_EVENTS_REJECTED_TOTAL: &str = "qzx_ingest_events_rejected_total";
 pub const INGEST_EVENTS_DUPLICATE_TOTAL: &str = "qzx_ingest_events_duplicate_total";
 pub const INGEST_DEADLETTER_TOTAL: &str = "qzx_ingest_deadletter_total";
+/// Calls accepted with a correction, by flag (`unlocated`, `truncated`...).
+pub const INGEST_EVENTS_FLAGGED_TOTAL: &str = "qzx_ingest_events_flagged_total";
 pub const INGEST_POSITIONS_TOTAL: &str = "qzx_ingest_positions_total";
 pub const INGEST_REQUEST_SECONDS: &str = "qzx_ingest_request_duration_seconds";
 

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use bus::kafka::{OutRecord, ProduceError};
 use bus::metrics as m;
-use bus::model::{Channel, DeadLetter, Event, FieldError, Source};
+use bus::model::{Channel, DeadLetter, Event, FieldError, Flag, Source};
 use bus::store::StoreError;
 use bus::topics::Topic;
 use bus::validate::{normalise, validate_input};
@@ -77,6 +77,10 @@ pub struct Accepted {
     pub id: String,
     pub source_id: String,
     pub duplicate: bool,
+    /// What was corrected in a call accepted rather than refused (empty
+    /// for a duplicate: it produced nothing).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<Flag>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -99,6 +103,15 @@ struct Owned {
     event: Event,
 }
 
+/// A valid item: its event, and the bytes it was sent as when the event
+/// does not hold all of them (a call cut or stripped of a field), for the
+/// dead letter that keeps the original.
+struct Valid {
+    index: usize,
+    event: Event,
+    original: Option<Vec<u8>>,
+}
+
 enum Claimed {
     Owned,
     Duplicate(String),
@@ -112,7 +125,7 @@ impl Ingest {
         let now = Utc::now();
         let mut outcome = Outcome::default();
         let mut dead: Vec<DeadLetter> = Vec::new();
-        let mut valid: Vec<(usize, Event)> = Vec::new();
+        let mut valid: Vec<Valid> = Vec::new();
 
         for item in items {
             let source_label = source_label(item.value.as_ref().ok(), origin.default_source);
@@ -123,7 +136,14 @@ impl Ingest {
                 .map_err(Clone::clone)
                 .and_then(|v| validate_input(v, &self.rules, origin.default_source, now));
             match checked {
-                Ok(input) => valid.push((item.index, normalise(input, &self.city, now))),
+                Ok(input) => {
+                    let original = input.flags.iter().any(|f| f.loses_content()).then(|| item.raw.clone());
+                    valid.push(Valid {
+                        index: item.index,
+                        event: normalise(input, &self.city, now),
+                        original,
+                    });
+                }
                 Err(errors) => {
                     ::metrics::counter!(m::INGEST_EVENTS_REJECTED_TOTAL, "source" => source_label).increment(1);
                     let source = item
@@ -143,17 +163,34 @@ impl Ingest {
             }
         }
 
+        // The sent original of a call accepted with corrections, linked by
+        // its event id, in the same produce as the event: nothing the caller
+        // sent is lost once the 202 is out. Only for events this request
+        // owns: a duplicate's first copy has its own.
+        let mut originals: HashMap<usize, Vec<u8>> = valid
+            .iter_mut()
+            .filter_map(|v| v.original.take().map(|raw| (v.index, raw)))
+            .collect();
         let (owned, duplicates) = self.claim_all(valid).await?;
+        for o in &owned {
+            if let Some(raw) = originals.remove(&o.index) {
+                dead.push(self.original_of(&raw, &o.event, origin, now));
+            }
+        }
         self.produce(&owned, &dead, origin.channel).await?;
 
         for o in &owned {
             let source = o.event.input.source.as_str();
             ::metrics::counter!(m::INGEST_EVENTS_ACCEPTED_TOTAL, "source" => source).increment(1);
+            for flag in &o.event.input.flags {
+                ::metrics::counter!(m::INGEST_EVENTS_FLAGGED_TOTAL, "flag" => flag.as_str()).increment(1);
+            }
             outcome.accepted.push(Accepted {
                 index: o.index,
                 id: o.event.id.clone(),
                 source_id: o.event.input.source_id.clone(),
                 duplicate: false,
+                flags: o.event.input.flags.clone(),
             });
         }
         for d in &duplicates {
@@ -177,6 +214,24 @@ impl Ingest {
         ::metrics::counter!(m::INGEST_EVENTS_REJECTED_TOTAL, "source" => label).increment(1);
         let dl = self.dead_letter(raw, errors, origin, None, Utc::now());
         self.produce(&[], &[dl], origin.channel).await
+    }
+
+    /// The dead letter that keeps the sent original of an accepted call
+    /// whose event does not hold all of it.
+    fn original_of(&self, raw: &[u8], event: &Event, origin: &Origin, now: DateTime<Utc>) -> DeadLetter {
+        let flags: Vec<&str> = event.input.flags.iter().map(|f| f.as_str()).collect();
+        let why = FieldError::new(
+            "",
+            format!(
+                "accepted as event {} with flags {}: this is the original as sent",
+                event.id,
+                flags.join(", ")
+            ),
+        );
+        let source = Some(event.input.source.as_str().to_owned());
+        let mut dl = self.dead_letter(raw, vec![why], origin, source, now);
+        dl.event_id = Some(event.id.clone());
+        dl
     }
 
     pub(crate) fn dead_letter(
@@ -211,16 +266,13 @@ impl Ingest {
     /// Redis rather than a round trip per event). On a store failure or a
     /// key held by an unfinished request, releases what it claimed and
     /// fails the whole request with 503.
-    async fn claim_all(
-        &self,
-        valid: Vec<(usize, Event)>,
-    ) -> Result<(Vec<Owned>, Vec<(Accepted, &'static str)>), IngestError> {
+    async fn claim_all(&self, valid: Vec<Valid>) -> Result<(Vec<Owned>, Vec<(Accepted, &'static str)>), IngestError> {
         // The same (source, source_id) twice in one request: the later one
         // is a duplicate of the earlier, answered without the store.
         let mut seen: HashSet<String> = HashSet::new();
         let mut unique: Vec<(usize, String, Event)> = Vec::new();
         let mut repeats: Vec<(usize, String, Event)> = Vec::new();
-        for (index, event) in valid {
+        for Valid { index, event, .. } in valid {
             let key = idempotency_key(event.input.source, &event.input.source_id);
             if seen.insert(key.clone()) {
                 unique.push((index, key, event));
@@ -414,6 +466,7 @@ fn duplicate_of(index: usize, id: String, event: &Event) -> (Accepted, &'static 
         id,
         source_id: event.input.source_id.clone(),
         duplicate: true,
+        flags: Vec::new(),
     };
     (accepted, event.input.source.as_str())
 }

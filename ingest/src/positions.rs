@@ -230,6 +230,7 @@ impl Ingest {
                 id: record.id.clone(),
                 source_id: report.unit,
                 duplicate: false,
+                flags: Vec::new(),
             });
         }
         outcome.accepted.sort_by_key(|a| a.index);

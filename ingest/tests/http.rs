@@ -98,7 +98,8 @@ async fn a_repeat_source_id_is_a_duplicate_and_produces_nothing() {
 #[tokio::test]
 async fn a_mixed_batch_accepts_the_valid_and_dead_letters_the_rest() {
     let h = start("ingest-mixed", BrokerChoice::RealIfAvailable, |_| {}).await;
-    let bad = r#"{"source":"call110","source_id":"bad-1","location":{"lat":91,"lon":117}}"#;
+    // A sensor: a call with these coordinates is accepted and flagged.
+    let bad = r#"{"source":"sensor","source_id":"bad-1","location":{"lat":91,"lon":117}}"#;
     let body = format!("[{}, {bad}, {}]", call(&unique("a")), call(&unique("b")));
     let reply = h
         .post("/v1/events", Some("application/json; charset=utf-8"), body)
@@ -114,8 +115,8 @@ async fn a_mixed_batch_accepts_the_valid_and_dead_letters_the_rest() {
     let dl: DeadLetter = serde_json::from_value(dead[0].value.clone()).unwrap();
     assert_eq!(dl.raw_bytes(), bad.as_bytes(), "the item's own bytes");
     assert_eq!(dl.errors[0].field, "location.lat");
-    assert_eq!(dl.source.as_deref(), Some("call110"));
-    assert_eq!(dead[0].key.as_deref(), Some("call110"));
+    assert_eq!(dl.source.as_deref(), Some("sensor"));
+    assert_eq!(dead[0].key.as_deref(), Some("sensor"));
     assert_eq!(dead[0].headers["ce_type"], "qzx.deadletter.v1");
     assert_eq!(h.read(Topic::Events, 2, WAIT).await.len(), 2);
 }
@@ -133,6 +134,120 @@ async fn an_unknown_kind_and_a_far_away_call_are_kept() {
     assert_eq!(e["attrs"]["original_kind"], "alien_landing");
     assert_eq!(e["jurisdiction"], "shiju");
     assert_eq!(e["attrs"]["outside_jurisdictions"], true);
+}
+
+/// 有警必接、接案必登 (issue #20): a call is never refused for its
+/// content. Each case is accepted with its flags in the reply and on the
+/// event; where the event does not hold everything sent, the original is
+/// on the dead-letter topic with the event's id.
+#[tokio::test]
+async fn a_call_is_never_refused_for_its_content_but_accepted_and_flagged() {
+    let h = start("ingest-flags", BrokerChoice::RealIfAvailable, |_| {}).await;
+    let set = |field: &str, value: Value| -> Value { serde_json::from_slice(&with(field, value)).unwrap() };
+    let long_text = "字".repeat(4001);
+    let cases: Vec<(&str, Value, Vec<&str>)> = vec![
+        (
+            "address only",
+            set("location", json!({"address": "历下区泉城路1号"})),
+            vec!["unlocated"],
+        ),
+        ("no location", set("location", Value::Null), vec!["unlocated"]),
+        (
+            "impossible coordinates",
+            set(
+                "location",
+                json!({"lat": 91, "lon": 117.02, "address": "历下区泉城路1号"}),
+            ),
+            vec!["bad_coordinates", "unlocated"],
+        ),
+        (
+            "fast clock",
+            set("occurred_at", json!("2999-01-01T00:00:00Z")),
+            vec!["clock_skew"],
+        ),
+        ("long text", set("text", json!(long_text)), vec!["truncated"]),
+        (
+            "long phone",
+            set("caller", json!({"phone": "1".repeat(40)})),
+            vec!["truncated"],
+        ),
+        (
+            "big attrs",
+            set("attrs", json!({"a": "x".repeat(17 * 1024)})),
+            vec!["truncated"],
+        ),
+        (
+            "text as an object",
+            set("text", json!({"said": "救命"})),
+            vec!["malformed"],
+        ),
+    ];
+    let ndjson: String = cases.iter().map(|(_, v, _)| format!("{v}\n")).collect();
+    let reply = h.post("/v1/events", Some("application/x-ndjson"), ndjson).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    assert_eq!(reply.body["rejected"], json!([]));
+    let accepted = reply.body["accepted"].as_array().unwrap();
+    assert_eq!(accepted.len(), cases.len());
+    for ((name, _, flags), a) in cases.iter().zip(accepted) {
+        assert_eq!(a["flags"], json!(flags), "{name}: {a}");
+    }
+
+    let events = h.read(Topic::Events, cases.len(), WAIT).await;
+    assert_eq!(events.len(), cases.len());
+    let event = |i: usize| {
+        let id = accepted[i]["id"].as_str().unwrap();
+        &events.iter().find(|r| r.value["id"] == id).unwrap().value
+    };
+    for (i, (name, _, flags)) in cases.iter().enumerate() {
+        assert_eq!(event(i)["flags"], json!(flags), "{name}");
+    }
+    let fallback = &h.ctx.config.city.fallback_jurisdiction;
+    for i in [0, 1, 2] {
+        assert_eq!(event(i)["jurisdiction"], fallback.as_str(), "{}", cases[i].0);
+        assert_eq!(event(i)["cell"], Value::Null, "{}", cases[i].0);
+    }
+    assert_eq!(event(0)["attrs"]["address"], "历下区泉城路1号");
+    assert_eq!(event(2)["attrs"]["address"], "历下区泉城路1号");
+    assert_eq!(event(3)["attrs"]["sent_occurred_at"], "2999-01-01T00:00:00Z");
+    assert_eq!(event(4)["text"].as_str().unwrap().chars().count(), 4000);
+    assert_eq!(event(7)["attrs"]["malformed"]["text"], json!({"said": "救命"}));
+
+    // The originals of what lost content, each linked to its event.
+    let lost: Vec<usize> = (0..cases.len())
+        .filter(|i| {
+            cases[*i]
+                .2
+                .iter()
+                .any(|f| ["truncated", "bad_coordinates", "malformed"].contains(f))
+        })
+        .collect();
+    let dead: Vec<DeadLetter> = h
+        .read(Topic::DeadLetter, lost.len() + 1, QUIET.max(Duration::from_secs(5)))
+        .await
+        .into_iter()
+        .map(|r| serde_json::from_value(r.value).unwrap())
+        .collect();
+    assert_eq!(dead.len(), lost.len(), "one original per call that lost content");
+    let originals = lost.len();
+    for i in lost {
+        let id = accepted[i]["id"].as_str().unwrap();
+        let d = dead
+            .iter()
+            .find(|d| d.event_id.as_deref() == Some(id))
+            .unwrap_or_else(|| panic!("{}: no original", cases[i].0));
+        let sent: Value = serde_json::from_slice(&d.raw_bytes()).unwrap();
+        assert_eq!(sent, cases[i].1, "{}: the original, whole", cases[i].0);
+        assert_eq!(d.source.as_deref(), Some("call110"));
+    }
+
+    // Posted again: a duplicate, with no second original.
+    let again = h.post_json("/v1/events", &cases[4].1).await;
+    assert_eq!(again.body["accepted"][0]["duplicate"], true, "{}", again.body);
+    assert_eq!(h.read(Topic::DeadLetter, originals + 1, QUIET).await.len(), originals);
+
+    // Still refused: what cannot be an event at all.
+    let reply = h.post_json("/v1/events", &set("source_id", json!(""))).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
 }
 
 #[tokio::test]
@@ -214,7 +329,19 @@ const CAP: Option<&str> = Some("application/cap+xml");
 const CAP_NS: &str = "urn:oasis:names:tc:emergency:cap:1.2";
 
 fn with(field: &str, value: Value) -> Vec<u8> {
+    edit(call(&unique("bad")), field, value)
+}
+
+/// A sensor alarm with `field` set (or removed, for null): since issue #20
+/// a call is corrected and flagged rather than refused for its content,
+/// so a field's refusal is shown on a sensor, which keeps the strict rules.
+fn sensor_with(field: &str, value: Value) -> Vec<u8> {
     let mut v = call(&unique("bad"));
+    v["source"] = json!("sensor");
+    edit(v, field, value)
+}
+
+fn edit(mut v: Value, field: &str, value: Value) -> Vec<u8> {
     if value.is_null() {
         v.as_object_mut().unwrap().remove(field);
     } else {
@@ -233,7 +360,7 @@ const CAP_INFO: &str = "<info><category>Fire</category><event>Fire</event><urgen
 fn cases() -> Vec<Case> {
     use Expect::*;
     let ev = "/v1/events";
-    let mut location = serde_json::from_slice::<Value>(&with("x", Value::Null)).unwrap();
+    let mut location = serde_json::from_slice::<Value>(&sensor_with("x", Value::Null)).unwrap();
     location["location"]["lat"] = json!(91.5);
     let bad_element = serde_json::to_vec(&location).unwrap();
     let mut array_body = b"[".to_vec();
@@ -342,81 +469,87 @@ fn cases() -> Vec<Case> {
             "numeric source_id",
             ev,
             JSON,
-            with("source_id", json!(110)),
+            sensor_with("source_id", json!(110)),
             Item("source_id"),
         ),
         case(
-            "call without location",
+            "sensor without location",
             ev,
             JSON,
-            with("location", Value::Null),
+            sensor_with("location", Value::Null),
             Item("location"),
         ),
         case(
             "latitude out of range",
             ev,
             JSON,
-            with("location", json!({"lat": 91, "lon": 117})),
+            sensor_with("location", json!({"lat": 91, "lon": 117})),
             Item("location.lat"),
         ),
         case(
             "longitude out of range",
             ev,
             JSON,
-            with("location", json!({"lat": 36, "lon": -181})),
+            sensor_with("location", json!({"lat": 36, "lon": -181})),
             Item("location.lon"),
         ),
         case(
             "latitude as text",
             ev,
             JSON,
-            with("location", json!({"lat": "36.6", "lon": 117})),
+            sensor_with("location", json!({"lat": "36.6", "lon": 117})),
             Item("location.lat"),
         ),
         case(
             "location as text",
             ev,
             JSON,
-            with("location", json!("泉城路1号")),
+            sensor_with("location", json!("泉城路1号")),
             Item("location"),
         ),
         case(
             "occurred_at not rfc3339",
             ev,
             JSON,
-            with("occurred_at", json!("yesterday")),
+            sensor_with("occurred_at", json!("yesterday")),
             Item("occurred_at"),
         ),
         case(
             "occurred_at in the future",
             ev,
             JSON,
-            with("occurred_at", json!("2999-01-01T00:00:00Z")),
+            sensor_with("occurred_at", json!("2999-01-01T00:00:00Z")),
             Item("occurred_at"),
         ),
         case(
             "text too long",
             ev,
             JSON,
-            with("text", json!("字".repeat(4001))),
+            sensor_with("text", json!("字".repeat(4001))),
             Item("text"),
         ),
-        case("text as number", ev, JSON, with("text", json!(5)), Item("text")),
+        case("text as number", ev, JSON, sensor_with("text", json!(5)), Item("text")),
         case(
             "confidence over 1",
             ev,
             JSON,
-            with("sensor", json!({"confidence": 1.5})),
+            sensor_with("sensor", json!({"confidence": 1.5})),
             Item("sensor.confidence"),
         ),
         case(
             "caller as text",
             ev,
             JSON,
-            with("caller", json!("13800000000")),
+            sensor_with("caller", json!("13800000000")),
             Item("caller"),
         ),
-        case("attrs as list", ev, JSON, with("attrs", json!([1])), Item("attrs")),
+        case(
+            "attrs as list",
+            ev,
+            JSON,
+            sensor_with("attrs", json!([1])),
+            Item("attrs"),
+        ),
         case("a bare string", ev, JSON, r#""robbery at the station""#, Item("")),
         case("a bare number", ev, JSON, "110", Item("")),
         Case {
