@@ -13,8 +13,8 @@ use std::sync::Arc;
 use bus::config::{AreaType, Config, SlaTarget};
 use bus::geo::{CityMap, haversine_m};
 use bus::model::{
-    Deadlines, Event, Incident, IncidentStatus, Location, Sla, SlaState, Source, Stage, Task, TaskKind, TaskStatus,
-    TimelineEntry, Timestamp, Unit, UnitType, new_id,
+    Deadlines, Event, Flag, Incident, IncidentStatus, Location, Sla, SlaState, Source, Stage, Task, TaskKind,
+    TaskStatus, TimelineEntry, Timestamp, Unit, UnitType, add_flag, new_id,
 };
 
 use crate::score::{Score, Scorer};
@@ -108,10 +108,17 @@ impl Engine {
     }
 
     /// Where units are sent: the incident's location, else its
-    /// jurisdiction's centre (an alert routed by area name).
+    /// jurisdiction's centre (an alert routed by area name). None for an
+    /// unlocated call: its jurisdiction is only the fallback, and a unit
+    /// sent to the middle of the city goes nowhere useful, so a person
+    /// places it (the command desk) or assigns a unit, and meanwhile the
+    /// no-unit escalation reaches the supervisor.
     pub fn dispatch_point(&self, incident: &Incident) -> Option<(f64, f64)> {
         if let Some(loc) = &incident.location {
             return Some((loc.lat, loc.lon));
+        }
+        if is_unlocated(incident) {
+            return None;
         }
         self.config
             .jurisdiction(&incident.jurisdiction)
@@ -244,7 +251,10 @@ impl Engine {
         {
             desks.clone_from(&unknown.desks);
         }
-        if score.priority == 1 && diverted_to.is_none() {
+        let unlocated = event.input.location.is_none() && event.input.flags.contains(&Flag::Unlocated);
+        // A call nobody can place needs a person: the command desk places
+        // it, as it takes every P1.
+        if (score.priority == 1 || unlocated) && diverted_to.is_none() {
             add_desk(&mut desks, &self.config.router.command_desk);
         }
         timeline.push(entry(now, format!("routed to desks {}", desks.join(", ")), BY_ROUTER));
@@ -270,6 +280,18 @@ impl Engine {
                 format!("outside every station area: handled by {}", event.jurisdiction),
                 BY_ROUTER,
             ));
+        }
+
+        if unlocated && diverted_to.is_none() {
+            let address = event.input.attrs.get("address").and_then(serde_json::Value::as_str);
+            let what = match address {
+                Some(a) => format!("location unknown: dispatch waits for a location (address given: {a})"),
+                None => "location unknown: dispatch waits for a location".to_owned(),
+            };
+            timeline.push(entry(now, what, BY_ROUTER));
+        }
+        if let Some(what) = corrections(&event.input.flags) {
+            timeline.push(entry(now, what, BY_ROUTER));
         }
 
         Incident {
@@ -323,6 +345,19 @@ impl Engine {
         ));
         if incident.location.is_none() {
             incident.location.clone_from(&event.input.location);
+        }
+        // The incident keeps what was wrong with any of its calls, except
+        // a place it does not lack: its location came from another call.
+        let before = incident.flags.len();
+        for flag in &event.input.flags {
+            if !(incident.location.is_some() && matches!(flag, Flag::Unlocated)) {
+                add_flag(&mut incident.flags, *flag);
+            }
+        }
+        if incident.flags.len() > before
+            && let Some(what) = corrections(&incident.flags[before..])
+        {
+            incident.timeline.push(entry(now, what, BY_ROUTER));
         }
         let score = self.scorer.score(event, incident.repeat_count);
         if score.score > incident.score {
@@ -616,6 +651,29 @@ fn fusable(source: Source, incident: &Incident) -> bool {
     }
 }
 
+/// A call nobody has placed: no location, flagged `unlocated` by ingest.
+/// (An alert without coordinates is not: it was placed by its area name.)
+pub fn is_unlocated(incident: &Incident) -> bool {
+    incident.location.is_none() && incident.flags.contains(&Flag::Unlocated)
+}
+
+/// The timeline line for what ingest corrected in a call, if anything
+/// besides its missing place (which has a line of its own).
+fn corrections(flags: &[Flag]) -> Option<String> {
+    let listed: Vec<&str> = flags
+        .iter()
+        .filter(|f| **f != Flag::Unlocated)
+        .map(|f| f.as_str())
+        .collect();
+    if listed.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "call corrected at intake: {} (originals kept; see the event)",
+        listed.join(", ")
+    ))
+}
+
 pub fn entry(at: Timestamp, what: impl Into<String>, by: impl Into<String>) -> TimelineEntry {
     TimelineEntry {
         at,
@@ -800,6 +858,34 @@ mod tests {
         assert_eq!(loud.status, IncidentStatus::New);
         assert!(loud.diverted_to.is_none());
         assert!(loud.timeline.iter().any(|t| t.what.contains("not diverted to 12345")));
+    }
+
+    #[test]
+    fn an_incident_keeps_its_calls_flags_once_and_a_located_one_is_not_unlocated() {
+        let e = engine();
+        let mut first = event("e1", Source::Call110, "theft", "包被偷了", 36.665, 117.02, 0);
+        first.input.flags = vec![Flag::ClockSkew];
+        let mut inc = create(&e, &first);
+        assert_eq!(inc.flags, vec![Flag::ClockSkew]);
+        assert!(
+            inc.timeline
+                .iter()
+                .any(|t| t.what.contains("corrected at intake: clock_skew"))
+        );
+        assert!(e.dispatch_point(&inc).is_some());
+
+        let mut again = event("e2", Source::Call110, "theft", "包被偷了", 36.665, 117.02, 60);
+        again.input.flags = vec![Flag::ClockSkew, Flag::Truncated, Flag::Unlocated];
+        e.join(&mut inc, &again, Link::Repeat, 0.0, again.received_at);
+        assert_eq!(inc.flags, vec![Flag::ClockSkew, Flag::Truncated]);
+
+        let mut nowhere = event("e3", Source::Call110, "theft", "包被偷了", 0.0, 0.0, 0);
+        nowhere.input.location = None;
+        nowhere.input.flags = vec![Flag::Unlocated];
+        let lost = create(&e, &nowhere);
+        assert!(is_unlocated(&lost));
+        assert_eq!(e.dispatch_point(&lost), None);
+        assert_eq!(lost.desks[0], e.config().router.command_desk);
     }
 
     #[test]

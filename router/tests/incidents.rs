@@ -288,3 +288,78 @@ async fn cap_update_and_cancel_reach_the_referenced_incident() {
     r.on_event(stray, secs(t0(), 130)).await.unwrap();
     assert!(ctx.store.open_incidents().await.unwrap().is_empty());
 }
+
+/// A call ingest could not place (issue #20): it is recorded, never sent a
+/// unit in the middle of the city, and handed to people.
+#[tokio::test]
+async fn an_unlocated_call_waits_for_a_person_to_place_it() {
+    use bus::model::{EscalationKind, Flag};
+    let ctx = ctx("router-unlocated").await;
+    let mut r = router(&ctx);
+    // A unit at the fallback jurisdiction's centre, where a located-less
+    // dispatch would send it, and one near the later located call.
+    let fallback = ctx.config.city.fallback_jurisdiction.clone();
+    let centre = ctx.config.jurisdiction(&fallback).unwrap().centre;
+    unit(&ctx, "u-centre", UnitType::PatrolCar, centre[0], centre[1]).await;
+    unit(&ctx, "u-near", UnitType::PatrolCar, LAT + 0.001, LON).await;
+
+    let raw = serde_json::json!({
+        "source": "call110", "source_id": "110-unlocated-1", "kind": "robbery",
+        "location": {"address": "历下区泉城路1号"}, "text": "两名男子持刀抢劫路人"
+    });
+    let input = bus::validate::validate_input(&raw, &bus::validate::InputRules::new(&ctx.config), None, t0()).unwrap();
+    let ev = bus::validate::normalise(input, &bus::geo::CityMap::new(&ctx.config), t0());
+    r.on_event(ev.clone(), t0()).await.unwrap();
+
+    let inc = incident(&ctx, &r.open_incidents().next().unwrap().id).await;
+    assert_eq!(inc.flags, vec![Flag::Unlocated]);
+    assert_eq!((inc.location.as_ref(), inc.cell.as_ref()), (None, None));
+    assert_eq!(inc.jurisdiction, fallback);
+    assert!(inc.desks.contains(&"command".to_owned()), "{:?}", inc.desks);
+    assert!(inc.units.is_empty(), "{:#?}", inc.units);
+    assert!(
+        inc.timeline.iter().any(
+            |t| t.what.starts_with("location unknown: dispatch waits for a location") && t.what.contains("泉城路1号")
+        ),
+        "{:#?}",
+        inc.timeline
+    );
+    assert_eq!(
+        unit_state(&ctx, "u-centre").await.status,
+        bus::model::UnitStatus::Available
+    );
+    let esc = escalations(&ctx, &inc.id, &[EscalationKind::NoUnit]).await;
+    assert!(esc.iter().any(|e| e.desks == vec!["supervisor"]), "{esc:#?}");
+
+    // The clock runs (its breaches reach the supervisor) and still sends
+    // nobody.
+    r.tick(secs(t0(), 5)).await.unwrap();
+    r.tick(secs(t0(), 400)).await.unwrap();
+    let inc = incident(&ctx, &inc.id).await;
+    assert!(inc.units.is_empty());
+    assert_eq!(inc.sla.respond, SlaState::Breached);
+    assert_eq!(
+        unit_state(&ctx, "u-centre").await.status,
+        bus::model::UnitStatus::Available
+    );
+
+    // A located repeat of the same call later: handled as usual, no crash.
+    let located = event(
+        &ctx,
+        Source::Call110,
+        "robbery",
+        "还在泉城路持刀",
+        LAT,
+        LON,
+        secs(t0(), 410),
+    );
+    r.on_event(located.clone(), secs(t0(), 410)).await.unwrap();
+    let placed = r
+        .open_incidents()
+        .find(|i| i.events.contains(&located.id))
+        .cloned()
+        .unwrap();
+    assert!(placed.flags.is_empty());
+    assert_eq!(placed.units[0].unit, "u-near");
+    assert!(incident(&ctx, &inc.id).await.units.is_empty());
+}
