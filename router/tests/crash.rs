@@ -149,7 +149,8 @@ fn published(recorder: &Recorder) -> Published {
 }
 
 /// A Store that fails the calls whose numbers (from 0) are in `fail`, as
-/// a Redis timeout would, and otherwise is `inner`.
+/// a Redis timeout would (a commit sometimes after it ran), and otherwise
+/// is `inner`.
 struct FlakyStore {
     inner: SharedStore,
     calls: AtomicUsize,
@@ -264,7 +265,15 @@ impl Store for FlakyStore {
     async fn history_head(&self, channel: &str) -> StoreResult<Option<String>> {
         self.inner.history_head(channel).await
     }
+    /// A failed commit is ambiguous half the time, as a Redis timeout is:
+    /// the script ran, the answer never came.
     async fn commit(&self, commit: &Commit) -> StoreResult<Committed> {
+        let n = self.calls.load(Ordering::SeqCst);
+        if self.fail.contains(&n) && n % 2 == 1 {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.inner.commit(commit).await?;
+            return Err(StoreError::Unavailable(format!("injected failure after call {n} ran")));
+        }
         self.call()?;
         self.inner.commit(commit).await
     }

@@ -48,6 +48,12 @@ pub(crate) struct Pending {
     /// Whether the Store holds all of this (state, markers, outbox): from
     /// then on it is only ever republished, never recomputed.
     pub committed: bool,
+    /// Names this batch's commit in the Store once it was tried, so a retry
+    /// after an ambiguous failure (a timeout after the script ran) finds
+    /// out whether it landed rather than commit twice.
+    pub token: Option<String>,
+    /// A commit was tried and failed without saying whether it ran.
+    pub uncertain: bool,
 }
 
 impl Pending {

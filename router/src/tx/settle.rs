@@ -19,12 +19,19 @@ const TASK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 const CAPREF_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// An outbox outlives any router that could still republish it.
 const OUTBOX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A batch is retried within seconds; its token need not outlive that long.
+const BATCH_TTL: Duration = Duration::from_secs(3600);
 /// Fencing tokens are rewritten at every take-over.
 const OWNER_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The fencing token of a partition: the instance that last took it over.
 pub(crate) fn owner_key(partition: i32) -> String {
     format!("router:owner:{partition}")
+}
+
+/// Present when the batch with this token was committed.
+fn batch_key(token: &str) -> String {
+    format!("router:batch:{token}")
 }
 
 /// The committed, not yet acknowledged records of a partition.
@@ -35,8 +42,9 @@ pub(crate) fn outbox_key(partition: i32) -> String {
 /// Why a settle failed, which decides what the caller does.
 #[derive(Debug, thiserror::Error)]
 pub enum SettleError {
-    /// The Store could not be written: the batch is kept and the commit
-    /// retried by the next settle (it is idempotent).
+    /// The Store could not be written, or did not say whether it was: the
+    /// batch is kept, and the next settle commits it unless its token shows
+    /// the commit landed.
     #[error("writing the router's state to the store: {0:#}")]
     Unstored(anyhow::Error),
     /// Committed but not all acknowledged: the batch is kept and
@@ -104,6 +112,11 @@ impl Books {
         }
         let started = Instant::now();
         let partitions: BTreeSet<i32> = self.pending.partitions.clone();
+        if self.pending.uncertain && !self.pending.committed {
+            let token = self.pending.token.clone().unwrap_or_default();
+            let landed = self.store.get_key(&batch_key(&token)).await;
+            self.pending.committed = landed.map_err(|e| SettleError::Unstored(e.into()))?.is_some();
+        }
         if !self.pending.committed {
             let commit = self.pending_commit(&partitions).map_err(SettleError::Unstored)?;
             match self.store.commit(&commit).await {
@@ -121,7 +134,10 @@ impl Books {
                     let holder = task.unwrap_or_else(|| "nothing".to_owned());
                     return Err(SettleError::Conflict(format!("unit {unit} works on {holder} now")));
                 }
-                Err(e) => return Err(SettleError::Unstored(e.into())),
+                Err(e) => {
+                    self.pending.uncertain = true;
+                    return Err(SettleError::Unstored(e.into()));
+                }
             }
             self.crash_point(CrashPoint::AfterCommit);
         }
@@ -144,9 +160,10 @@ impl Books {
     }
 
     /// The one atomic Store step of the pending batch.
-    fn pending_commit(&self, partitions: &BTreeSet<i32>) -> anyhow::Result<Commit> {
+    fn pending_commit(&mut self, partitions: &BTreeSet<i32>) -> anyhow::Result<Commit> {
+        let token = self.pending.token.get_or_insert_with(new_id).clone();
         let pending = &self.pending;
-        let mut set_keys = Vec::new();
+        let mut set_keys = vec![(batch_key(&token), "1".to_owned(), BATCH_TTL)];
         for task in pending.tasks.values() {
             set_keys.push((task_key(&task.id), serde_json::to_string(task)?, TASK_TTL));
         }
