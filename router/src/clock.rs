@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use bus::model::{EscalationKind, Incident, Stage, Task, Timestamp, Unit, UnitStatus};
 
 use crate::dispatch::{escalation, redispatch, top_up};
-use crate::plan::needs_units;
 use crate::engine::{Engine, derive_status};
+use crate::plan::needs_units;
 use crate::tx::{Books, Tx, task_key};
 
 /// Waiting incidents the clock retries each tick besides one per unit

@@ -6,7 +6,9 @@
 
 use std::collections::HashSet;
 
-use bus::model::{Incident, IncidentStatus, Task, TaskKind, TaskStatus, Timestamp, Unit, UnitRole, UnitStatus, UnitType};
+use bus::model::{
+    Incident, IncidentStatus, Task, TaskKind, TaskStatus, Timestamp, Unit, UnitRole, UnitStatus, UnitType,
+};
 
 use crate::engine::{Candidate, Engine};
 
@@ -102,15 +104,7 @@ impl Engine {
         let mut plan = Plan::default();
         let mut working = working_units(incident);
         if working == 0 {
-            plan.issues = self.pick(
-                incident,
-                TaskKind::Respond,
-                UnitRole::Primary,
-                None,
-                1,
-                candidates,
-                now,
-            );
+            plan.issues = self.pick(incident, TaskKind::Respond, UnitRole::Primary, None, 1, candidates, now);
             if plan.issues.is_empty() {
                 plan.shortfall = Some("none for the primary task".to_owned());
                 return plan;
