@@ -57,6 +57,12 @@
     incident: ['警情', 'incident'],
     all_desks: ['全部席位', 'All desks'],
     load_failed: ['加载失败', 'Loading failed'],
+    // Flags: what ingest corrected in a call it accepted (issue #20).
+    flag_unlocated: ['待定位', 'needs location'],
+    flag_clock_skew: ['时间已校正', 'clock corrected'],
+    flag_truncated: ['内容已截断', 'truncated'],
+    flag_bad_coordinates: ['坐标无效', 'bad coordinates'],
+    flag_malformed: ['字段有误', 'malformed field'],
   });
 
   let token = null;
@@ -418,6 +424,19 @@
     return (inc.location && inc.location.address) || (inc.location ? inc.location.lat.toFixed(4) + ', ' + inc.location.lon.toFixed(4) : '—');
   }
 
+  /** The "needs location" badge of an unplaced call, and a small label per
+   * other flag; a flag this page does not know is shown by its name. */
+  function flagsHtml(inc) {
+    return (inc.flags || []).map((f) => {
+      const label = Q.esc(Q.t('flag_' + f) === 'flag_' + f ? f : Q.t('flag_' + f));
+      if (f === 'unlocated' && !inc.location) {
+        return ' <span class="tag unlocated" data-testid="needs-location">' + label + '</span>';
+      }
+      if (f === 'unlocated') return '';
+      return ' <span class="tag flag" data-testid="flag" data-flag="' + Q.esc(f) + '">' + label + '</span>';
+    }).join('');
+  }
+
   function jurName(id) {
     const j = jurisdictions.find((x) => x.id === id);
     if (!j) return id || '—';
@@ -470,7 +489,8 @@
         '<div class="bar"></div>' +
         '<div class="title"><span class="prio p' + p + '">P' + p + '</span>' + Q.esc(Q.kindName(inc.kind)) +
         ' <span class="dim" style="font-weight:400;font-size:13px">' + Q.esc(Q.pick(Q.STATUSES[inc.status], inc.status)) + '</span>' +
-        (inc.repeat_count > 1 ? ' <span class="tag repeat" data-testid="repeat">' + Q.esc(Q.t('repeat')) + ' ×' + inc.repeat_count + '</span>' : '') + '</div>' +
+        (inc.repeat_count > 1 ? ' <span class="tag repeat" data-testid="repeat">' + Q.esc(Q.t('repeat')) + ' ×' + inc.repeat_count + '</span>' : '') +
+        flagsHtml(inc) + '</div>' +
         '<div class="clocks">' + clocksHtml(inc, now) + '</div>' +
         '<div class="meta"><b data-testid="address">' + Q.esc(addr(inc)) + '</b> · ' + Q.esc(jurName(inc.jurisdiction)) +
         (desks ? ' · ' + Q.esc(desks) : '') + ' · ' + Q.esc(Q.hhmmss(new Date(Q.ms(inc.created_at) || now))) + '</div>' +
