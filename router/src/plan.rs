@@ -41,9 +41,12 @@ pub fn working_units(incident: &Incident) -> usize {
 }
 
 /// A police incident with a clock that has fewer units than it needs:
-/// none at all, or for P1 fewer than the reinforce target.
+/// none at all, or for P1 fewer than the reinforce target. An unlocated
+/// one waits for a person to place it, not for a unit: retrying it would
+/// take the retry slots of located incidents waiting for units.
 pub fn needs_units(engine: &Engine, incident: &Incident) -> bool {
-    if incident.deadlines.is_none()
+    if crate::engine::is_unlocated(incident)
+        || incident.deadlines.is_none()
         || incident.diverted_to.is_some()
         || !incident.status.is_open()
         || incident.status == IncidentStatus::Resolved
