@@ -10,7 +10,8 @@ use bus::Config;
 use bus::geo::{CityMap, haversine_m};
 use bus::model::{Event, Incident, InputEvent, Location, Source, Unit, UnitStatus, UnitType};
 use criterion::{Criterion, criterion_group, criterion_main};
-use router::engine::{Candidate, SpatialIndex};
+use router::engine::Candidate;
+use router::index::SpatialIndex;
 use router::{Engine, StraightLine};
 
 /// A deterministic spread over the demo city's station areas.

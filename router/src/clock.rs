@@ -14,7 +14,8 @@ use std::collections::HashMap;
 use bus::model::{EscalationKind, Incident, Stage, Task, Timestamp, Unit, UnitStatus};
 
 use crate::dispatch::{escalation, redispatch, top_up};
-use crate::engine::{Engine, derive_status};
+use crate::engine::Engine;
+use crate::incident::derive_status;
 use crate::plan::needs_units;
 use crate::tx::{Books, Tx, task_key};
 
@@ -237,7 +238,7 @@ async fn free(
         desks: vec![desk],
         unit_type: Some(unit.unit_type),
         message: format!("unit {} made available: {why}", unit.id),
-        by: crate::engine::BY_ROUTER.to_owned(),
+        by: crate::incident::BY_ROUTER.to_owned(),
         action: None,
     };
     unit.status = UnitStatus::Available;

@@ -10,7 +10,8 @@ use bus::model::{
     UnitType, new_id,
 };
 
-use crate::engine::{BY_ROUTER, Candidate, Engine, derive_status, entry};
+use crate::engine::{Candidate, Engine};
+use crate::incident::{BY_ROUTER, derive_status, entry};
 use crate::plan::Issue;
 use crate::tx::Tx;
 

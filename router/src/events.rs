@@ -7,7 +7,8 @@ use bus::model::{Event, IncidentStatus, Source};
 use serde_json::Value;
 
 use crate::dispatch::{end_tasks, top_up};
-use crate::engine::{Engine, Link, derive_status, entry, pending_to_na};
+use crate::engine::{Engine, Link};
+use crate::incident::{derive_status, entry, pending_to_na};
 use crate::tx::Tx;
 
 /// Applies `event` (not applied before) within `tx`.

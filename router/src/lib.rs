@@ -20,6 +20,8 @@ mod commands;
 mod dispatch;
 pub mod engine;
 mod events;
+pub mod incident;
+pub mod index;
 pub mod partition;
 pub mod plan;
 pub mod rebuild;

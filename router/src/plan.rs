@@ -45,7 +45,7 @@ pub fn working_units(incident: &Incident) -> usize {
 /// one waits for a person to place it, not for a unit: retrying it would
 /// take the retry slots of located incidents waiting for units.
 pub fn needs_units(engine: &Engine, incident: &Incident) -> bool {
-    if crate::engine::is_unlocated(incident)
+    if crate::incident::is_unlocated(incident)
         || incident.deadlines.is_none()
         || incident.diverted_to.is_some()
         || !incident.status.is_open()

@@ -637,7 +637,7 @@ fn state_machine_holds(engine: &Engine, versions: &BTreeMap<u64, Incident>) -> R
                 if stage == Stage::Reinforce
                     && was == SlaState::Pending
                     && now == SlaState::Met
-                    && router::engine::on_scene_count(incident)
+                    && router::incident::on_scene_count(incident)
                         < engine.reinforce_units(&incident.jurisdiction, incident.priority)
                 {
                     return Err(format!("{id}: reinforce met with too few units on scene"));

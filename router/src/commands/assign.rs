@@ -9,7 +9,8 @@ use bus::model::{
 
 use super::{Fail, open_incident, reject};
 use crate::dispatch::cancel_task;
-use crate::engine::{Candidate, Engine, derive_status, entry};
+use crate::engine::{Candidate, Engine};
+use crate::incident::{derive_status, entry};
 use crate::tx::Tx;
 
 pub(super) async fn apply(

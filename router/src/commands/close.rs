@@ -6,7 +6,7 @@ use bus::model::{Action, Feedback, Incident, IncidentStatus, Timestamp};
 
 use super::{Fail, open_incident, reject};
 use crate::dispatch::end_tasks;
-use crate::engine::{BY_ROUTER, entry, not_applicable, pending_to_na};
+use crate::incident::{BY_ROUTER, entry, not_applicable, pending_to_na};
 use crate::tx::Tx;
 
 pub(super) async fn apply(

@@ -6,7 +6,8 @@ use bus::model::{Action, IncidentStatus, Timestamp};
 
 use super::{Fail, open_incident};
 use crate::dispatch::end_tasks;
-use crate::engine::{Engine, entry, pending_to_na};
+use crate::engine::Engine;
+use crate::incident::{entry, pending_to_na};
 use crate::tx::Tx;
 
 pub(super) async fn apply(

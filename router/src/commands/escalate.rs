@@ -7,7 +7,8 @@ use bus::model::{Action, EscalationKind, TaskKind, Timestamp, UnitRole, UnitType
 
 use super::{Fail, open_incident, reject};
 use crate::dispatch::{dispatch, escalation};
-use crate::engine::{Engine, add_desk, derive_status, entry};
+use crate::engine::Engine;
+use crate::incident::{add_desk, derive_status, entry};
 use crate::tx::Tx;
 
 #[allow(clippy::too_many_arguments)]

@@ -18,7 +18,8 @@ use bus::model::{
     Action, Command, Escalation, EscalationKind, Incident, IncidentStatus, Task, TaskStatus, Timestamp, UnitStatus,
 };
 
-use crate::engine::{BY_ROUTER, Engine, derive_status, entry};
+use crate::engine::Engine;
+use crate::incident::{BY_ROUTER, derive_status, entry};
 use crate::tx::Tx;
 
 /// Why a command was not applied.

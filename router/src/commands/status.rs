@@ -7,7 +7,8 @@
 use bus::model::{Action, Command, ReportedStatus, TaskStatus, Timestamp, Unit, UnitStatus, UnitType};
 
 use super::{Fail, move_task, reject, unit_task, valid_position};
-use crate::engine::{Engine, entry};
+use crate::engine::Engine;
+use crate::incident::entry;
 use crate::tx::Tx;
 
 pub(super) async fn apply(

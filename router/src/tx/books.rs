@@ -15,7 +15,7 @@ use bus::model::{Incident, Task, Unit};
 use bus::store::{NearbyUnit, SharedStore};
 
 use super::Publish;
-use crate::engine::SpatialIndex;
+use crate::index::SpatialIndex;
 use crate::partition::partition_of;
 
 /// Applied ids remembered in memory (the Store remembers the rest).

@@ -370,7 +370,7 @@ impl<'b> Tx<'b> {
         for incident in &mut incidents {
             incident.version += 1;
             incident.updated_at = now;
-            crate::engine::trim_timeline(incident, now);
+            crate::incident::trim_timeline(incident, now);
         }
         for task in &mut tasks {
             task.version += 1;
