@@ -502,6 +502,11 @@ pub struct Unit {
     pub at: Timestamp,
     /// The task the unit is working on, if any.
     pub task: Option<String>,
+    /// Bumped by the router, the only writer of status and task, on each
+    /// record it publishes: a consumer (or a rebuild) that reads two
+    /// records of a unit keeps the higher. Position reports keep it.
+    #[serde(default)]
+    pub version: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed_kmh: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

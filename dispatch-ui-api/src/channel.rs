@@ -442,6 +442,7 @@ mod tests {
             lon: Some(117.0204),
             at: now,
             task: None,
+            version: 0,
             speed_kmh: None,
             name: None,
         };

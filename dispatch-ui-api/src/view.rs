@@ -97,11 +97,21 @@ impl View {
     }
 
     /// Takes a unit version from the units topic (the router's): its
-    /// status, task, type and jurisdiction always win. Its position does
+    /// status and task win unless the view holds a higher version; its type
+    /// and jurisdiction always win. Its position does
     /// only when it is not older than the one held: a report the router had
     /// not read yet when it wrote this version stays.
     pub fn apply_unit(&self, mut unit: Unit) {
         let mut inner = self.lock();
+        if let Some(held) = inner.units.get(&unit.id)
+            && held.version > unit.version
+        {
+            // An older record of the router's (a take-over republishes
+            // what it committed): what the unit does stays as held.
+            unit.status = held.status;
+            unit.task.clone_from(&held.task);
+            unit.version = held.version;
+        }
         if let Some(held) = inner.units.get(&unit.id)
             && held.at > unit.at
         {
@@ -228,6 +238,7 @@ mod tests {
             lon: Some(117.00),
             at,
             task: Some("t1".into()),
+            version: 0,
             speed_kmh: None,
             name: None,
         }
@@ -272,6 +283,28 @@ mod tests {
         let held = view.lock().units["u1"].clone();
         assert_eq!((held.status, held.lat), (UnitStatus::OnScene, Some(36.7)));
         assert_eq!(held.at, t0 + Duration::seconds(5));
+    }
+
+    #[test]
+    fn an_older_unit_version_never_undoes_what_the_unit_does() {
+        let view = View::default();
+        let t0 = Utc::now();
+        let mut assigned = unit(t0, UnitStatus::Assigned);
+        assigned.version = 3;
+        view.apply_unit(assigned);
+        // A take-over republished version 2 (available), with a newer
+        // position: the position is taken, the status and task are not.
+        let mut older = unit(t0 + Duration::seconds(5), UnitStatus::Available);
+        older.version = 2;
+        older.task = None;
+        older.lat = Some(36.61);
+        view.apply_unit(older);
+        let held = view.lock().units["u1"].clone();
+        assert_eq!(
+            (held.status, held.task.as_deref(), held.version),
+            (UnitStatus::Assigned, Some("t1"), 3)
+        );
+        assert_eq!(held.lat, Some(36.61));
     }
 
     #[test]

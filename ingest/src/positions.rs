@@ -252,6 +252,7 @@ impl Ingest {
             lon: Some(p.lon),
             at: p.at,
             task: None,
+            version: 0,
             speed_kmh: p.speed_kmh,
             name,
         }

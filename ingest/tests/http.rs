@@ -828,6 +828,7 @@ async fn positions_move_units_without_changing_what_they_do() {
         lon: Some(roster.home[1]),
         at: chrono::Utc::now(),
         task: Some("task-1".into()),
+        version: 0,
         speed_kmh: None,
         name: None,
     };

@@ -72,6 +72,7 @@ fn bench(c: &mut Criterion) {
                 lon: Some(lon),
                 at: now,
                 task: None,
+                version: 0,
                 speed_kmh: None,
                 name: None,
             }

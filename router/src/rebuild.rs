@@ -91,10 +91,13 @@ pub async fn rebuild(ctx: &ServiceContext) -> Result<Rebuilt, RebuildError> {
                     incidents.insert(i.id.clone(), i);
                 }
             }
-            // Keyed by unit id, so one partition holds a unit's history in
-            // order: the last record read is the latest.
+            // The highest version, and of equal ones the last read (one
+            // partition holds a unit's records in order): a take-over may
+            // republish an older record after a newer one.
             Topic::Units => {
-                if let Ok(u) = serde_json::from_slice::<Unit>(&payload) {
+                if let Ok(u) = serde_json::from_slice::<Unit>(&payload)
+                    && units.get(&u.id).is_none_or(|old| old.version <= u.version)
+                {
                     units.insert(u.id.clone(), u);
                 }
             }

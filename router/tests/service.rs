@@ -272,6 +272,28 @@ async fn a_lost_store_is_rebuilt_from_the_topics() {
     stop(sup).await;
 }
 
+/// A take-over may republish an older unit record after a newer one: the
+/// rebuild keeps the highest version, not the last read.
+#[tokio::test]
+async fn the_rebuild_keeps_a_units_highest_version() {
+    let ctx = ctx("router-rebuild-units").await;
+    unit(&ctx, "u-1", UnitType::PatrolCar, LAT, LON).await;
+    let mut assigned = ctx.store.unit("u-1").await.unwrap().unwrap();
+    (assigned.status, assigned.task, assigned.version) = (bus::model::UnitStatus::Assigned, Some("t-1".into()), 3);
+    let mut older = assigned.clone();
+    (older.status, older.task, older.version) = (bus::model::UnitStatus::Available, None, 2);
+    let producer = test_producer(&ctx);
+    for u in [&assigned, &older] {
+        producer
+            .send_json(Topic::Units, &u.id, &bus::model::new_id(), u)
+            .await
+            .unwrap();
+    }
+    let fresh = with_fresh_store(&ctx).await;
+    router::rebuild::rebuild(&fresh).await.unwrap();
+    assert_eq!(fresh.store.unit("u-1").await.unwrap(), Some(assigned));
+}
+
 /// Centres of the demo city's station areas.
 const STATIONS: [(&str, f64, f64); 6] = [
     ("quancheng", 36.6640, 117.0220),

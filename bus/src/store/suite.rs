@@ -67,6 +67,7 @@ fn unit(id: &str, status: UnitStatus, position: Option<(f64, f64)>) -> Unit {
         lon: position.map(|p| p.1),
         at: Utc.with_ymd_and_hms(2025, 3, 1, 8, 30, 0).single().expect("valid time"),
         task: None,
+        version: 0,
         speed_kmh: Some(42.5),
         name: Some(format!("历下{id}")),
     }

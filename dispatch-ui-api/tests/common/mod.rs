@@ -269,6 +269,7 @@ pub fn unit(id: &str, jurisdiction: &str, status: UnitStatus) -> Unit {
         lon: Some(117.0204),
         at: chrono::Utc::now(),
         task: None,
+        version: 0,
         speed_kmh: None,
         name: None,
     }

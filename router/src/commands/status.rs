@@ -137,6 +137,7 @@ fn register(engine: &Engine, id: &str, unit_type: Option<UnitType>, lat: f64, lo
         lon: Some(lon),
         at: now,
         task: None,
+        version: 0,
         speed_kmh: None,
         name: roster.map(|r| r.name.clone()),
     }

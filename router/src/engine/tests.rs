@@ -83,6 +83,7 @@ fn unit(id: &str, t: UnitType) -> Unit {
         lon: None,
         at: t0(),
         task: None,
+        version: 0,
         speed_kmh: None,
         name: None,
     }

@@ -360,7 +360,7 @@ impl<'b> Tx<'b> {
             applied,
             mut incidents,
             mut tasks,
-            units,
+            mut units,
             escalations,
             dead_letters,
             caprefs,
@@ -375,6 +375,9 @@ impl<'b> Tx<'b> {
         for task in &mut tasks {
             task.version += 1;
             task.updated_at = now;
+        }
+        for unit in &mut units {
+            unit.version += 1;
         }
         let records = match settle::outputs(&incidents, &tasks, &units, &escalations, &dead_letters) {
             Ok(records) => records,

@@ -92,6 +92,7 @@ pub async fn unit(ctx: &ServiceContext, id: &str, unit_type: UnitType, lat: f64,
             lon: Some(lon),
             at: t0(),
             task: None,
+            version: 0,
             speed_kmh: None,
             name: None,
         })
