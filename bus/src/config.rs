@@ -122,6 +122,8 @@ pub struct IngestConfig {
     pub listen: String,
     pub max_body_bytes: usize,
     pub max_batch: usize,
+    /// `<info>` elements one CAP alert may carry: each becomes an event.
+    pub max_cap_infos: usize,
     pub max_source_id_chars: usize,
     pub max_text_chars: usize,
     pub max_address_chars: usize,
@@ -367,6 +369,9 @@ impl Config {
         }
         if self.api.ws_queue == 0 {
             return Err(invalid("api.ws_queue", "must be at least 1"));
+        }
+        if self.ingest.max_cap_infos == 0 {
+            return Err(invalid("ingest.max_cap_infos", "must be at least 1"));
         }
         if self.ingest.max_batch == 0 {
             return Err(invalid("ingest.max_batch", "must be at least 1"));

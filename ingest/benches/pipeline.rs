@@ -56,7 +56,7 @@ fn cap_alert(c: &mut Criterion) {
     ))
     .unwrap();
     c.bench_function("cap alert to inputs (thunderstorm)", |b| {
-        b.iter(|| black_box(ingest::cap::alert_to_inputs(black_box(&xml), 4000).unwrap()))
+        b.iter(|| black_box(ingest::cap::alert_to_inputs(black_box(&xml), 4000, 32).unwrap()))
     });
 }
 

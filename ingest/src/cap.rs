@@ -185,7 +185,7 @@ fn append_text(stack: &mut [Element], text: &str) -> Result<(), IngestError> {
 /// without `<info>`, such as a bare Cancel, so the router still learns of
 /// it). `max_text_chars` bounds the text so a long description is cut, not
 /// refused.
-pub fn alert_to_inputs(xml: &[u8], max_text_chars: usize) -> Result<Vec<Value>, IngestError> {
+pub fn alert_to_inputs(xml: &[u8], max_text_chars: usize, max_infos: usize) -> Result<Vec<Value>, IngestError> {
     let root = parse_tree(xml)?;
     if root.name != "alert" {
         return Err(not_cap(vec![FieldError::new(
@@ -212,6 +212,12 @@ pub fn alert_to_inputs(xml: &[u8], max_text_chars: usize) -> Result<Vec<Value>, 
         }
     }
     let infos: Vec<&Element> = root.children("info").collect();
+    if infos.len() > max_infos {
+        return Err(IngestError::TooManyInfos {
+            count: infos.len(),
+            limit: max_infos,
+        });
+    }
     for (i, info) in infos.iter().enumerate() {
         for name in ["category", "event", "urgency", "severity", "certainty"] {
             if info.text_of(name).is_none() {
@@ -425,14 +431,21 @@ mod tests {
 
     const INFO: &str = "<category>Fire</category><event>Fire</event><urgency>Immediate</urgency><severity>Severe</severity><certainty>Observed</certainty>";
 
+    #[test]
+    fn an_alert_may_carry_at_most_max_infos() {
+        let xml = |n: usize| alert(&format!("<info>{INFO}</info>").repeat(n));
+        assert_eq!(alert_to_inputs(xml(32).as_bytes(), 4000, 32).unwrap().len(), 32);
+        assert_eq!(error_code(&xml(33)), ("too_many_infos", vec!["info".to_owned()]));
+    }
+
     fn error_code(xml: &str) -> (&'static str, Vec<String>) {
-        let e = alert_to_inputs(xml.as_bytes(), 4000).unwrap_err();
+        let e = alert_to_inputs(xml.as_bytes(), 4000, 32).unwrap_err();
         (e.code(), e.field_errors().into_iter().map(|f| f.field).collect())
     }
 
     #[test]
     fn the_thunderstorm_is_placed_at_its_polygon_centroid() {
-        let v = alert_to_inputs(&fixture("v1dot2_appendix_a2_thunderstorm.xml"), 4000).unwrap();
+        let v = alert_to_inputs(&fixture("v1dot2_appendix_a2_thunderstorm.xml"), 4000, 32).unwrap();
         assert_eq!(v.len(), 1);
         let lat = v[0]["location"]["lat"].as_f64().unwrap();
         let lon = v[0]["location"]["lon"].as_f64().unwrap();
@@ -452,7 +465,7 @@ mod tests {
 
     #[test]
     fn the_earthquake_update_keeps_its_references() {
-        let v = alert_to_inputs(&fixture("v1dot2_appendix_a3_earthquake_update.xml"), 4000).unwrap();
+        let v = alert_to_inputs(&fixture("v1dot2_appendix_a3_earthquake_update.xml"), 4000, 32).unwrap();
         assert_eq!(v[0]["location"], json!({"lat": 32.9525, "lon": -115.5527}));
         assert_eq!(v[0]["attrs"]["cap_msg_type"], "Update");
         assert_eq!(v[0]["attrs"]["cap_references"], json!(["TRI13970876.1"]));
@@ -460,7 +473,7 @@ mod tests {
 
     #[test]
     fn the_homeland_alert_has_no_location_but_an_area_description() {
-        let v = alert_to_inputs(&fixture("v1dot2_appendix_a1_homeland_security.xml"), 4000).unwrap();
+        let v = alert_to_inputs(&fixture("v1dot2_appendix_a1_homeland_security.xml"), 4000, 32).unwrap();
         assert!(v[0].get("location").is_none());
         assert_eq!(v[0]["attrs"]["area_desc"], "U.S. nationwide and interests worldwide");
         assert_eq!(v[0]["kind"], "unknown");
@@ -468,7 +481,7 @@ mod tests {
 
     #[test]
     fn the_amber_alert_gives_one_event_per_language() {
-        let v = alert_to_inputs(&fixture("v1dot2_appendix_a4_amber_alert.xml"), 4000).unwrap();
+        let v = alert_to_inputs(&fixture("v1dot2_appendix_a4_amber_alert.xml"), 4000, 32).unwrap();
         assert_eq!(v.len(), 2);
         assert_eq!(v[0]["source_id"], "KAR0-0306112239-SW#0");
         assert_eq!(v[1]["source_id"], "KAR0-0306112239-SW#1");
@@ -508,7 +521,7 @@ mod tests {
         let bomb = r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]><alert>&lol2;</alert>"#;
         assert_eq!(error_code(bomb).0, "xml_doctype_forbidden");
         assert_eq!(error_code(&alert("<note>&ext;</note>")).0, "xml_entity_forbidden");
-        let ok = alert_to_inputs(alert("<note>a &amp; b &#x41;</note>").as_bytes(), 4000).unwrap();
+        let ok = alert_to_inputs(alert("<note>a &amp; b &#x41;</note>").as_bytes(), 4000, 32).unwrap();
         assert_eq!(ok[0]["attrs"]["cap_note"], "a & b A");
     }
 
@@ -526,7 +539,7 @@ mod tests {
     fn a_cancel_without_info_is_still_an_event() {
         let xml = alert("<references>s,x0,2026-11-22T09:00:00+08:00</references>")
             .replace("<msgType>Alert</msgType>", "<msgType>Cancel</msgType>");
-        let v = alert_to_inputs(xml.as_bytes(), 4000).unwrap();
+        let v = alert_to_inputs(xml.as_bytes(), 4000, 32).unwrap();
         assert_eq!(v.len(), 1);
         assert_eq!(v[0]["attrs"]["cap_msg_type"], "Cancel");
         assert_eq!(v[0]["attrs"]["cap_references"], json!(["x0"]));
@@ -550,7 +563,7 @@ mod tests {
             "<info>{INFO}<description>{}</description></info>",
             "x".repeat(50)
         ));
-        let v = alert_to_inputs(xml.as_bytes(), 10).unwrap();
+        let v = alert_to_inputs(xml.as_bytes(), 10, 32).unwrap();
         assert_eq!(v[0]["text"], "xxxxxxxxxx");
         assert_eq!(v[0]["kind"], "fire");
     }
@@ -562,12 +575,12 @@ mod tests {
         proptest! {
             #[test]
             fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-                let _ = alert_to_inputs(&bytes, 100);
+                let _ = alert_to_inputs(&bytes, 100, 32);
             }
 
             #[test]
             fn xml_like_text_never_panics(text in "[<>/a-z=\"&;#! \\[\\]x0-9:]{0,300}") {
-                let _ = alert_to_inputs(text.as_bytes(), 100);
+                let _ = alert_to_inputs(text.as_bytes(), 100, 32);
             }
         }
     }

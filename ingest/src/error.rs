@@ -31,6 +31,10 @@ pub enum IngestError {
     TooLarge { limit: usize },
     #[error("{count} items; at most {limit} are allowed in one request")]
     BatchTooLarge { count: usize, limit: usize },
+    /// A CAP alert with more `<info>` than `ingest.max_cap_infos`: each
+    /// would become an event, so one request could flood the intake.
+    #[error("the alert has {count} <info> elements; at most {limit} are accepted")]
+    TooManyInfos { count: usize, limit: usize },
     #[error("content type {0}")]
     UnsupportedMediaType(String),
     /// Kafka or the store could not take the request in bounded time: retry.
@@ -55,7 +59,9 @@ impl IngestError {
             IngestError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             IngestError::Forbidden(_) => StatusCode::FORBIDDEN,
             IngestError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            IngestError::TooLarge { .. } | IngestError::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::TooLarge { .. } | IngestError::BatchTooLarge { .. } | IngestError::TooManyInfos { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             IngestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -69,6 +75,7 @@ impl IngestError {
             IngestError::BadRequest { code, .. } => code,
             IngestError::TooLarge { .. } => "body_too_large",
             IngestError::BatchTooLarge { .. } => "batch_too_large",
+            IngestError::TooManyInfos { .. } => "too_many_infos",
             IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
             IngestError::Unavailable { .. } => "unavailable",
             IngestError::Internal(_) => "internal",
@@ -79,6 +86,7 @@ impl IngestError {
     pub fn field_errors(&self) -> Vec<FieldError> {
         match self {
             IngestError::BadRequest { errors, .. } if !errors.is_empty() => errors.clone(),
+            IngestError::TooManyInfos { .. } => vec![FieldError::new("info", self.to_string())],
             other => vec![FieldError::new("", other.to_string())],
         }
     }
@@ -99,6 +107,9 @@ impl IntoResponse for IngestError {
             && !errors.is_empty()
         {
             body["errors"] = json!(errors);
+        }
+        if let IngestError::TooManyInfos { .. } = &self {
+            body["errors"] = json!(self.field_errors());
         }
         let mut response = (status, Json(body)).into_response();
         if let IngestError::Unavailable { retry_after_s, .. } = &self {

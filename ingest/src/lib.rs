@@ -345,7 +345,7 @@ async fn post_events(
         .into_iter()
         .map(|i| Submission {
             index: i.index,
-            raw: i.raw,
+            raw: Arc::new(i.raw),
             value: i.value,
         })
         .collect();
@@ -365,7 +365,8 @@ async fn post_cap(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: B
         return Err(refuse(&ingest, &read.raw, e, &read.origin).await);
     }
     let max_text = ingest.config.ingest.max_text_chars;
-    let values = match parse(read.raw.clone(), move |b| cap::alert_to_inputs(b, max_text)).await {
+    let max_infos = ingest.config.ingest.max_cap_infos;
+    let values = match parse(read.raw.clone(), move |b| cap::alert_to_inputs(b, max_text, max_infos)).await {
         Ok(v) => v,
         Err(e) => return Err(refuse(&ingest, &read.raw, e, &read.origin).await),
     };
@@ -375,8 +376,8 @@ async fn post_cap(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: B
         .map(|(index, value)| Submission {
             index,
             // A rejected info is recorded with the whole alert: the XML is
-            // what the sender can fix.
-            raw: read.raw.to_vec(),
+            // what the sender can fix. Shared, never copied per info.
+            raw: read.raw.clone(),
             value: Ok(value),
         })
         .collect();

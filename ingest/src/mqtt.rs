@@ -186,7 +186,7 @@ pub async fn handle(ingest: &Ingest, publish: &Publish) -> Result<(), IngestErro
         .submit(
             vec![Submission {
                 index: 0,
-                raw: publish.payload.to_vec(),
+                raw: std::sync::Arc::new(publish.payload.to_vec()),
                 value,
             }],
             &origin,

@@ -27,6 +27,7 @@
 //! never drop a rejected item without a dead letter.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bus::kafka::{OutRecord, ProduceError};
@@ -55,7 +56,8 @@ const PENDING_POLL: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone)]
 pub struct Submission {
     pub index: usize,
-    pub raw: Vec<u8>,
+    /// Shared: the items of one CAP alert all point at its one body.
+    pub raw: Arc<Vec<u8>>,
     pub value: Result<Value, Vec<FieldError>>,
 }
 
@@ -109,7 +111,7 @@ struct Owned {
 struct Valid {
     index: usize,
     event: Event,
-    original: Option<Vec<u8>>,
+    original: Option<Arc<Vec<u8>>>,
 }
 
 enum Claimed {
@@ -167,7 +169,7 @@ impl Ingest {
         // its event id, in the same produce as the event: nothing the caller
         // sent is lost once the 202 is out. Only for events this request
         // owns: a duplicate's first copy has its own.
-        let mut originals: HashMap<usize, Vec<u8>> = valid
+        let mut originals: HashMap<usize, Arc<Vec<u8>>> = valid
             .iter_mut()
             .filter_map(|v| v.original.take().map(|raw| (v.index, raw)))
             .collect();

@@ -616,6 +616,13 @@ fn cases() -> Vec<Case> {
             Whole(400, "not_cap", Some("alert.info[0].urgency")),
         ),
         case(
+            "cap with more infos than max_cap_infos",
+            "/v1/alerts/cap",
+            CAP,
+            cap_alert(CAP_HEADER, &CAP_INFO.repeat(33)),
+            Whole(413, "too_many_infos", Some("info")),
+        ),
+        case(
             "billion laughs",
             "/v1/alerts/cap",
             CAP,
