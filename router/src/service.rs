@@ -112,22 +112,19 @@ impl Router {
     /// Settles what is staged; a Store that lost its state is rebuilt.
     pub async fn settle(&mut self) -> Result<(), SettleError> {
         let result = self.books.settle().await;
-        if let Err(SettleError::StoreLost(_) | SettleError::Conflict(_)) = &result {
-            self.count_conflict(&result);
+        let thrown_away = match &result {
+            Err(SettleError::StoreLost(_)) => Some("store_lost"),
+            Err(SettleError::Fenced(_)) => Some("fenced"),
+            Err(SettleError::ClaimLost(..)) => Some("claim_lost"),
+            _ => None,
+        };
+        if let Some(reason) = thrown_away {
+            metrics::counter!(bus::metrics::ROUTER_CONFLICTS_TOTAL, "reason" => reason).increment(1);
         }
         if let Err(SettleError::StoreLost(_)) = &result {
             self.recover().await;
         }
         result
-    }
-
-    fn count_conflict(&self, result: &Result<(), SettleError>) {
-        let reason = match result {
-            Err(SettleError::StoreLost(_)) => "store_lost",
-            Err(SettleError::Conflict(why)) if why.contains("router's now") => "fenced",
-            _ => "claim_lost",
-        };
-        metrics::counter!(bus::metrics::ROUTER_CONFLICTS_TOTAL, "reason" => reason).increment(1);
     }
 
     /// The Store lost the router's state (Redis flushed or replaced while
@@ -218,7 +215,7 @@ impl Router {
                     // of this record forwards a duplicate the owner
                     // recognises.
                     let out = OutRecord::json(Topic::Events, &event.jurisdiction, &event.id, &event)?;
-                    Tx::begin(&mut self.books, record.partition, None).forward(&out).await?;
+                    self.books.forward(&out).await?;
                     metrics::counter!(bus::metrics::ROUTER_EVENTS_TOTAL, "outcome" => "forwarded").increment(1);
                     return Ok(());
                 }
@@ -338,7 +335,7 @@ impl Router {
                 // the incident's owner may write it, so hand the command
                 // over (its id makes a replay harmless).
                 let out = OutRecord::json(Topic::Actions, &jurisdiction, &action.id, &action)?;
-                tx.forward(&out).await?;
+                tx.books().forward(&out).await?;
                 metrics::counter!(bus::metrics::ROUTER_ACTIONS_TOTAL, "op" => action.command.as_str(), "outcome" => "forwarded")
                     .increment(1);
                 return Ok(());

@@ -30,7 +30,6 @@ mod books;
 mod publish;
 mod settle;
 
-use bus::kafka::OutRecord;
 use bus::model::{DeadLetter, Escalation, Incident, Task, Timestamp, Unit, UnitStatus};
 use bus::store::NearbyUnit;
 
@@ -340,13 +339,6 @@ impl<'b> Tx<'b> {
             .window_add(&hotspot_key(cell), event, at_ms, HOTSPOT_KEEP_MS)
             .await?;
         Ok(())
-    }
-
-    /// Hands a record to the partition (and router) that owns it, at once
-    /// and acknowledged. The record keeps its id, so forwarding it twice is
-    /// recognised by the owner.
-    pub async fn forward(&self, record: &OutRecord) -> anyhow::Result<()> {
-        self.books.publisher.publish(record).await
     }
 
     // ------------------------------------------------------------ finishing

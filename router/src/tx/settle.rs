@@ -51,11 +51,15 @@ pub enum SettleError {
     /// republished by the next settle, never recomputed.
     #[error("publishing the router's outputs: {0:#}")]
     Unpublished(anyhow::Error),
-    /// Another router took a partition over, or a unit this batch claims
-    /// was taken meanwhile: the batch was thrown away (state reloaded) and
-    /// its records must be handled again.
-    #[error("the batch was thrown away: {0}")]
-    Conflict(String),
+    /// Another router took a partition over: the batch was thrown away
+    /// (state reloaded) and its records must be handled again.
+    #[error("the batch was thrown away: {0} is another router's now")]
+    Fenced(String),
+    /// A unit this batch claims was taken meanwhile (unit, what it works on
+    /// now): the batch was thrown away and its records must be handled
+    /// again.
+    #[error("the batch was thrown away: unit {0} works on {1} now")]
+    ClaimLost(String, String),
     /// The Store lost the router's state (a fencing token vanished): the
     /// batch was thrown away and the Store must be rebuilt.
     #[error("the store lost the router's state ({0} is gone)")]
@@ -127,12 +131,12 @@ impl Books {
                 }
                 Ok(Committed::KeyChanged { key, found: Some(_) }) => {
                     self.throw_away().await;
-                    return Err(SettleError::Conflict(format!("{key} is another router's now")));
+                    return Err(SettleError::Fenced(key));
                 }
                 Ok(Committed::ClaimLost { unit, task }) => {
                     self.throw_away().await;
                     let holder = task.unwrap_or_else(|| "nothing".to_owned());
-                    return Err(SettleError::Conflict(format!("unit {unit} works on {holder} now")));
+                    return Err(SettleError::ClaimLost(unit, holder));
                 }
                 Err(e) => {
                     self.pending.uncertain = true;
