@@ -159,15 +159,18 @@ impl Router {
         let failed = |handled, source| BatchError { handled, source };
         // What an earlier call committed or staged comes first.
         self.settle().await.map_err(|e| failed(0, e.into()))?;
+        // Each record parsed once: what it asks for is read ahead, then
+        // it is staged.
+        let decoded: Vec<Decoded> = records.iter().map(|r| self.decode(r, now)).collect();
         let router = &self.engine.config().router;
-        let mut wanted = wanted(records);
+        let mut wanted = wanted(records, &decoded);
         wanted.near_radius_m = router.search_radius_m;
         wanted.near_limit = router.candidate_units.saturating_mul(4);
         self.books.prefetch(wanted).await;
         let mut staged = 0;
         let mut result = Ok(());
-        for record in records {
-            if let Err(e) = self.stage_record(record, now).await {
+        for (record, decoded) in records.iter().zip(decoded) {
+            if let Err(e) = self.stage_record(record, decoded, now).await {
                 result = Err(e);
                 break;
             }
@@ -190,12 +193,21 @@ impl Router {
         }
     }
 
-    async fn stage_record(&mut self, record: &Received, now: Timestamp) -> anyhow::Result<()> {
+    /// A record as its topic says to read it.
+    fn decode(&self, record: &Received, now: Timestamp) -> Decoded {
+        match record.topic {
+            Topic::Events => Decoded::Event(self.parse_event(record, now)),
+            Topic::Actions => Decoded::Action(record.json::<Action>()),
+            _ => Decoded::Other,
+        }
+    }
+
+    async fn stage_record(&mut self, record: &Received, decoded: Decoded, now: Timestamp) -> anyhow::Result<()> {
         let started = Instant::now();
-        let result = match record.topic {
-            Topic::Events => self.on_event_record(record, now).await,
-            Topic::Actions => self.on_action_record(record, now).await,
-            _ => Ok(()),
+        let result = match decoded {
+            Decoded::Event(parsed) => self.on_event_record(record, parsed, now).await,
+            Decoded::Action(parsed) => self.on_action_record(record, parsed, now).await,
+            Decoded::Other => Ok(()),
         };
         metrics::histogram!(bus::metrics::ROUTER_PROCESS_SECONDS, "topic" => record.topic.suffix())
             .record(started.elapsed().as_secs_f64());
@@ -204,8 +216,13 @@ impl Router {
 
     // ---------------------------------------------------------------- events
 
-    async fn on_event_record(&mut self, record: &Received, now: Timestamp) -> anyhow::Result<()> {
-        match self.parse_event(record, now) {
+    async fn on_event_record(
+        &mut self,
+        record: &Received,
+        parsed: Result<(Event, bool), Vec<FieldError>>,
+        now: Timestamp,
+    ) -> anyhow::Result<()> {
+        match parsed {
             Ok((event, normalised_here)) => {
                 let owner = self.books.partition_of(&event.jurisdiction);
                 if normalised_here && owner != record.partition && !forwarded(record) {
@@ -310,8 +327,13 @@ impl Router {
 
     // --------------------------------------------------------------- actions
 
-    async fn on_action_record(&mut self, record: &Received, now: Timestamp) -> anyhow::Result<()> {
-        let action = match record.json::<Action>() {
+    async fn on_action_record(
+        &mut self,
+        record: &Received,
+        parsed: Result<Action, serde_json::Error>,
+        now: Timestamp,
+    ) -> anyhow::Result<()> {
+        let action = match parsed {
             Ok(action) => action,
             Err(e) => {
                 metrics::counter!(bus::metrics::ROUTER_ACTIONS_TOTAL, "op" => "invalid", "outcome" => "dead_letter")
@@ -400,38 +422,43 @@ impl Router {
 /// What a batch's records will look up: their ids (CloudEvents ids, what
 /// ingest and the api write as the event's or command's own id), and the
 /// units and tasks their commands name.
-fn wanted(records: &[Received]) -> Wanted {
+fn wanted(records: &[Received], decoded: &[Decoded]) -> Wanted {
     let mut wanted = Wanted::default();
-    for record in records {
+    for (record, decoded) in records.iter().zip(decoded) {
         if let Ok(ce) = &record.ce
             && !ce.id.is_empty()
         {
             wanted.applied.push(ce.id.clone());
         }
-        if record.topic == Topic::Events {
-            if let Ok(event) = record.json::<Event>()
-                && let Some(location) = event.input.location
-            {
-                wanted.near.push((location.lat, location.lon));
+        match decoded {
+            Decoded::Event(Ok((event, _))) => {
+                if let Some(location) = &event.input.location {
+                    wanted.near.push((location.lat, location.lon));
+                }
             }
-            continue;
-        }
-        if record.topic != Topic::Actions {
-            continue;
-        }
-        let Ok(action) = record.json::<Action>() else {
-            continue;
-        };
-        wanted.units.extend(action.by.unit);
-        match action.command {
-            Command::Ack { task } | Command::Status { task: Some(task), .. } => wanted.tasks.push(task),
-            Command::Assign { unit, .. } => wanted.units.push(unit),
+            Decoded::Action(Ok(action)) => {
+                wanted.units.extend(action.by.unit.clone());
+                match &action.command {
+                    Command::Ack { task } | Command::Status { task: Some(task), .. } => wanted.tasks.push(task.clone()),
+                    Command::Assign { unit, .. } => wanted.units.push(unit.clone()),
+                    _ => {}
+                }
+            }
             _ => {}
         }
     }
     wanted.units.sort_unstable();
     wanted.units.dedup();
     wanted
+}
+
+/// A consumed record, parsed once for its batch.
+enum Decoded {
+    /// An event, and whether it was normalised here; or why it is unusable.
+    Event(Result<(Event, bool), Vec<FieldError>>),
+    Action(Result<Action, serde_json::Error>),
+    /// A topic the router does not handle.
+    Other,
 }
 
 /// A record a router already forwarded once: handled where it landed,
