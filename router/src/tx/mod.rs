@@ -1,5 +1,5 @@
-//! The router's transactions: the only code that writes the Store or sends
-//! a record. A [`Tx`] covers one input record (or one clock step for one
+//! The router's transactions: the only code that writes the Store (but for
+//! `rebuild`, which refills a lost one from the topics) or sends a record. A [`Tx`] covers one input record (or one clock step for one
 //! incident, or one reconciled unit) and holds its reads, its claims and
 //! its outputs. Handlers (`events`, `commands`, `dispatch`, `clock`) decide;
 //! they read and write only through a `Tx`.
