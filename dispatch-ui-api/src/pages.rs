@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 const BOARD_HTML: &str = include_str!("../web/board.html");
 const TERMINAL_HTML: &str = include_str!("../web/terminal.html");
 /// `/web/<name>`: the assets the pages load.
-const ASSETS: [(&str, &str, &str); 4] = [
+const ASSETS: [(&str, &str, &str); 10] = [
     ("style.css", "text/css; charset=utf-8", include_str!("../web/style.css")),
     (
         "common.js",
@@ -26,6 +26,36 @@ const ASSETS: [(&str, &str, &str); 4] = [
         "board.js",
         "text/javascript; charset=utf-8",
         include_str!("../web/board.js"),
+    ),
+    (
+        "board-state.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/board-state.js"),
+    ),
+    (
+        "board-list.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/board-list.js"),
+    ),
+    (
+        "board-map.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/board-map.js"),
+    ),
+    (
+        "board-assign.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/board-assign.js"),
+    ),
+    (
+        "board-detail.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/board-detail.js"),
+    ),
+    (
+        "board-forms.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/board-forms.js"),
     ),
     (
         "terminal.js",

@@ -74,6 +74,7 @@
     assigned: ['已派', 'Assigned'],
     busy: ['忙碌', 'Busy'],
     off_duty: ['下岗', 'Off duty'],
+    out_of_service: ['暂停执勤', 'Out of service'],
   };
 
   const STAGES = {
@@ -451,11 +452,6 @@
             if (msg.cursor && (!c.cursor || msg.gap)) c.cursor = msg.cursor;
           }
           if (this.h.onSubscribed) this.h.onSubscribed(msg, resumed);
-          break;
-        }
-        case 'snapshot': {
-          // Not in the contract (snapshots come as pushes), tolerated.
-          if (this.h.onSnapshot) this.h.onSnapshot(msg);
           break;
         }
         case 'ok':
