@@ -2,9 +2,16 @@
  * qzx unit terminal (GET /terminal): the phone page of one patrol unit.
  *
  * Subscribes to `unit:<id>` (the id comes from the unit token's claims),
- * shows the current task with its deadlines counting down and the distance
- * from the unit, and sends the unit's commands: ack, status (en route, on
- * scene, cleared, available, off duty) and position.
+ * shows the current task with its deadlines counting down, the distance
+ * from the unit, the incident's kind, the caller to call back and the
+ * other units on it, and sends the unit's commands: ack, status (en route,
+ * on scene, cleared with a disposition note, available, busy, out of
+ * service with a reason, off duty), refuse with a reason, a note on the
+ * task, and position.
+ *
+ * When the incident changes under a task (its `changes`), the parts that
+ * changed stay highlighted under a banner naming them until the unit taps
+ * "got it"; a priority rise beeps. A cancelled task says why (`reason`).
  *
  * It must never lose a task: tasks are kept keyed by id and replaced only by
  * a newer version, the list and the channel cursor survive a reload
@@ -41,6 +48,29 @@
     task_kind_respond: ['处警', 'Respond'],
     task_kind_reinforce: ['增援', 'Reinforce'],
     task_kind_investigate: ['调查', 'Investigate'],
+    caller: ['报警人', 'Caller'],
+    other_units: ['同警情警力', 'Other units'],
+    changed_banner: ['警情有变化：{what}', 'Incident changed: {what}'],
+    changed_ok: ['知道了', 'Got it'],
+    priority_up: ['等级提高！', 'Priority raised!'],
+    chg_priority: ['等级', 'priority'],
+    chg_kind: ['警情类别', 'kind'],
+    chg_text: ['警情内容', 'text'],
+    chg_location: ['地址', 'location'],
+    chg_deadlines: ['时限', 'deadlines'],
+    chg_caller: ['报警人', 'caller'],
+    chg_units: ['出警警力', 'units'],
+    chg_merged: ['已合并警情', 'merged'],
+    disposition_ph: ['处置结果（处置完毕时一并上报）', 'Disposition (sent with Cleared)'],
+    note_ph: ['现场情况（写入警情时间线）', 'Note for the incident timeline'],
+    send_note: ['发送备注', 'Send note'],
+    refuse_ph: ['拒绝原因（必填）', 'Why you refuse (required)'],
+    refuse: ['拒绝任务', 'Refuse task'],
+    need_reason: ['请填写原因', 'Enter a reason'],
+    need_text: ['请填写内容', 'Enter the text'],
+    status_reason_ph: ['忙碌/暂停执勤原因', 'Reason for busy / out of service'],
+    busy_btn: ['忙碌', 'Busy'],
+    oos_btn: ['暂停执勤', 'Out of service'],
   });
 
   let token = null;
@@ -54,6 +84,7 @@
   let pos = null; // [lat, lon] we know ourselves by
   let currentId = null;
   let alerted = new Set(); // task ids we have beeped for
+  let changed = new Map(); // task id -> [names of what changed] until the unit taps "got it"
   let audio = null;
   let watchId = null;
   let lastSentPos = null;
@@ -73,6 +104,7 @@
         cursor: conn ? conn.cursor('unit:' + unitId) : null,
         tasks: [...tasks.values()].filter((t) => OPEN.includes(t.status)),
         alerted: [...alerted].slice(-200),
+        changed: [...changed].filter(([id]) => tasks.has(id)),
         pos,
       }));
     } catch (_) { /* storage full or private mode: the server still has it */ }
@@ -84,6 +116,7 @@
       if (!s) return null;
       for (const t of s.tasks || []) tasks.set(t.id, t);
       alerted = new Set(s.alerted || []);
+      changed = new Map(s.changed || []);
       if (Array.isArray(s.pos)) pos = s.pos;
       return s.cursor || null;
     } catch (_) {
@@ -104,6 +137,13 @@
       alerted.add(t.id);
       alertNewTask(t);
     }
+    if ((t.changes || []).length && OPEN.includes(t.status)) {
+      // Kept until the unit says it has seen them: the next version (an
+      // ack, say) carries no changes of its own.
+      changed.set(t.id, [...new Set((changed.get(t.id) || []).concat(t.changes))]);
+      if (t.changes.includes('priority') && old && Number(t.priority) < Number(old.priority)) alertPriorityRise(t);
+    }
+    if (!OPEN.includes(t.status)) changed.delete(t.id);
     if (old && OPEN.includes(old.status) && (t.status === 'cancelled' || t.status === 'cleared')) {
       showNotice(t);
       // The router has freed the unit; read its new status back.
@@ -132,17 +172,15 @@
   }
 
   /*
-   * GET /api/v1/units: a unit token sees only itself. Assumed (CONTRACT.md,
-   * dispatch-ui-api rest.rs): {"units": [Unit]} or a bare array. The unit
-   * channel carries tasks only, so this is where our status and position
-   * come from.
+   * GET /api/v1/units: {"units": [Unit]}, where a unit token sees only
+   * itself (rest.rs). The unit channel carries tasks only, so this is where
+   * our status and position come from.
    */
   async function refreshUnit() {
     if (!token || !unitId) return;
     try {
       const raw = await Q.api(token, '/api/v1/units');
-      const list = Array.isArray(raw) ? raw : raw && Array.isArray(raw.units) ? raw.units : [];
-      const mine = list.find((u) => u && u.id === unitId);
+      const mine = raw.units.find((u) => u.id === unitId);
       if (mine) onPush({ kind: 'unit', data: mine });
     } catch (e) {
       if (e.status === 401) { Q.storeToken('terminal', null); showLogin(Q.t('token_invalid')); }
@@ -151,17 +189,14 @@
     }
   }
 
-  function onSnapshot(msg) {
-    for (const t of msg.tasks || []) upsertTask(t);
-    if (msg.unit) onPush({ kind: 'unit', data: msg.unit });
-  }
-
   function showNotice(t, extra) {
     const box = $('notice');
     box.dataset.task = t.id;
     box.dataset.status = t.status;
+    // The router says why a task was taken away (pre-empted, refused, closed).
+    box.dataset.reason = t.reason || '';
     box.textContent = (t.status === 'cancelled' ? Q.t('task_cancelled') : Q.t('task_cleared')) + ': ' + Q.kindName(kindOf(t)) + ' · ' +
-      addr(t) + (extra ? ' (' + extra + ')' : '');
+      addr(t) + (extra ? ' (' + extra + ')' : '') + (t.reason ? ' — ' + t.reason : '');
     box.classList.remove('hidden');
   }
 
@@ -184,49 +219,86 @@
     if (el) el.classList.toggle('hidden', !!audio && audio.state === 'running');
   }
 
-  function alertNewTask(t) {
+  /** `freqs.length` beeps `gap` seconds apart, with WebAudio (no audio files). */
+  function beep(freqs, gap) {
     try {
-      if (audio && audio.state === 'running') {
-        const now = audio.currentTime;
-        for (let i = 0; i < 3; i++) {
-          const o = audio.createOscillator();
-          const g = audio.createGain();
-          o.frequency.value = i % 2 ? 660 : 880;
-          g.gain.setValueAtTime(0.0001, now + i * 0.3);
-          g.gain.exponentialRampToValueAtTime(0.4, now + i * 0.3 + 0.02);
-          g.gain.exponentialRampToValueAtTime(0.0001, now + i * 0.3 + 0.25);
-          o.connect(g).connect(audio.destination);
-          o.start(now + i * 0.3);
-          o.stop(now + i * 0.3 + 0.26);
-        }
-      }
+      if (!audio || audio.state !== 'running') return;
+      const now = audio.currentTime;
+      freqs.forEach((f, i) => {
+        const o = audio.createOscillator();
+        const g = audio.createGain();
+        o.frequency.value = f;
+        g.gain.setValueAtTime(0.0001, now + i * gap);
+        g.gain.exponentialRampToValueAtTime(0.4, now + i * gap + 0.02);
+        g.gain.exponentialRampToValueAtTime(0.0001, now + i * gap + gap * 0.8);
+        o.connect(g).connect(audio.destination);
+        o.start(now + i * gap);
+        o.stop(now + i * gap + gap * 0.85);
+      });
     } catch (_) { /* no sound: the card still flashes */ }
+  }
+
+  function alertNewTask(t) {
+    beep([880, 660, 880], 0.3);
     try { if (navigator.vibrate) navigator.vibrate([300, 120, 300, 120, 300]); } catch (_) { /* not allowed */ }
     Q.toast('info', Q.t('new_task') + ' ' + Q.kindName(kindOf(t)) + ' · ' + addr(t));
+    newFlash = t.id;
+  }
+
+  /** A task's incident became more urgent: a rising, faster alarm than a new task's. */
+  function alertPriorityRise(t) {
+    beep([660, 880, 1100, 1320], 0.18);
+    try { if (navigator.vibrate) navigator.vibrate([150, 60, 150, 60, 150, 60, 150]); } catch (_) { /* not allowed */ }
+    Q.toast('error', Q.t('priority_up') + ' P' + Q.prio(t.priority) + ' ' + Q.kindName(kindOf(t)) + ' · ' + addr(t));
     newFlash = t.id;
   }
   let newFlash = null;
 
   // ---- rendering ------------------------------------------------------------------
 
+  /** The incident's kind (a task from an older router has none). */
   function kindOf(t) {
-    // The task carries the incident's kind only inside its summary in some
-    // versions; prefer an explicit field when present.
-    return t.incident_kind || t.category || (Q.KINDS[t.summary] ? t.summary : null) || guessKind(t.summary) || 'unknown';
-  }
-
-  function guessKind(summary) {
-    if (!summary) return null;
-    for (const code of Object.keys(Q.KINDS)) {
-      const [zh, en] = Q.KINDS[code];
-      if (summary.includes(code) || summary.includes(zh) || summary.toLowerCase().includes(en.toLowerCase())) return code;
-    }
-    return null;
+    return t.incident_kind || 'unknown';
   }
 
   function addr(t) {
     const l = t.location;
     return (l && l.address) || (l ? Number(l.lat).toFixed(4) + ', ' + Number(l.lon).toFixed(4) : '—');
+  }
+
+  /** The current task's card; the parts named in `changed` are highlighted. */
+  function cardHtml(cur) {
+    const chg = changed.get(cur.id) || [];
+    const part = (name) => ' data-part="' + name + '"' + (chg.includes(name) ? ' data-changed="1"' : '');
+    const hl = (name) => (chg.includes(name) ? ' chg' : '');
+    const p = Q.prio(cur.priority);
+    const dist = pos && cur.location ? Q.haversineM(pos[0], pos[1], cur.location.lat, cur.location.lon) : null;
+    const c = cur.caller;
+    const who = c ? [c.name, c.phone].filter(Boolean).join(' ') : '';
+    const banner = chg.length
+      ? '<div class="changes" data-testid="task-changes" data-changes="' + Q.esc(chg.join(',')) + '"><span>' +
+        Q.esc(Q.t('changed_banner', { what: chg.map((x) => (Q.t('chg_' + x) === 'chg_' + x ? x : Q.t('chg_' + x))).join('、') })) +
+        '</span><button data-testid="changes-ok" id="changes-ok">' + Q.esc(Q.t('changed_ok')) + '</button></div>'
+      : '';
+    return '<div class="card p' + p + (newFlash === cur.id ? ' new' : '') + (chg.length ? ' changed' : '') + '" data-testid="task-card" data-task="' +
+      Q.esc(cur.id) + '" data-status="' + Q.esc(cur.status) + '" data-priority="' + p + '">' + banner +
+      '<h2><span class="prio p' + p + hl('priority') + '"' + part('priority') + ' data-testid="task-priority">P' + p + '</span>' +
+      '<span class="' + hl('kind') + '"' + part('kind') + ' data-testid="task-kind">' + Q.esc(Q.kindName(kindOf(cur))) + '</span></h2>' +
+      '<div class="addr' + hl('location') + '"' + part('location') + ' data-testid="task-address">' + Q.esc(addr(cur)) + '</div>' +
+      (cur.summary ? '<div class="sum' + hl('text') + '"' + part('text') + ' data-testid="task-summary">' + Q.esc(cur.summary) + '</div>' : '') +
+      (who ? '<div class="row' + hl('caller') + '"' + part('caller') + '><span>' + Q.esc(Q.t('caller')) + '</span>' +
+        (c.phone ? '<a class="call" data-testid="task-caller" href="tel:' + Q.esc(c.phone) + '">' + Q.esc(who) + '</a>'
+          : '<b data-testid="task-caller">' + Q.esc(who) + '</b>') + '</div>' : '') +
+      ((cur.other_units || []).length || chg.includes('units')
+        ? '<div class="row' + hl('units') + '"' + part('units') + '><span>' + Q.esc(Q.t('other_units')) + '</span><b data-testid="task-other-units">' +
+          Q.esc((cur.other_units || []).join('、') || '—') + '</b></div>' : '') +
+      '<div class="row"><span>' + Q.esc(Q.t('status')) + '</span><b data-testid="task-status">' + Q.esc(Q.pick(Q.STATUSES[cur.status], cur.status)) + '</b></div>' +
+      '<div class="row"><span>' + Q.esc(Q.t('distance')) + '</span><b data-testid="task-distance">' + Q.esc(Q.fmtDistance(dist)) + '</b></div>' +
+      '<div class="row"><span>' + Q.esc(Q.t('issued_at')) + '</span><b>' + Q.esc(Q.hhmmss(new Date(Q.ms(cur.issued_at) || Date.now()))) + ' · ' +
+      Q.esc(Q.t('task_kind_' + cur.kind) !== 'task_kind_' + cur.kind ? Q.t('task_kind_' + cur.kind) : cur.kind || '') + '</b></div>' +
+      '<div class="clocks' + hl('deadlines') + '"' + part('deadlines') + '>' + ['respond', 'arrive', 'reinforce'].map((s) =>
+        '<div class="clk" data-stage="' + s + '"><div class="n">' + Q.esc(Q.pick(Q.STAGES[s])) + '</div><div class="c"></div></div>').join('') + '</div>' +
+      '</div>';
   }
 
   function openTasks() {
@@ -242,20 +314,7 @@
     if (!cur) {
       box.innerHTML = '<div class="card" data-testid="no-task"><div class="dim">' + Q.esc(Q.t('no_task')) + '</div></div>';
     } else {
-      const p = Q.prio(cur.priority);
-      const dist = pos && cur.location ? Q.haversineM(pos[0], pos[1], cur.location.lat, cur.location.lon) : null;
-      box.innerHTML = '<div class="card p' + p + (newFlash === cur.id ? ' new' : '') + '" data-testid="task-card" data-task="' + Q.esc(cur.id) +
-        '" data-status="' + Q.esc(cur.status) + '">' +
-        '<h2><span class="prio p' + p + '">P' + p + '</span>' + Q.esc(Q.kindName(kindOf(cur))) + '</h2>' +
-        '<div class="addr" data-testid="task-address">' + Q.esc(addr(cur)) + '</div>' +
-        (cur.summary ? '<div class="sum">' + Q.esc(cur.summary) + '</div>' : '') +
-        '<div class="row"><span>' + Q.esc(Q.t('status')) + '</span><b data-testid="task-status">' + Q.esc(Q.pick(Q.STATUSES[cur.status], cur.status)) + '</b></div>' +
-        '<div class="row"><span>' + Q.esc(Q.t('distance')) + '</span><b data-testid="task-distance">' + Q.esc(Q.fmtDistance(dist)) + '</b></div>' +
-        '<div class="row"><span>' + Q.esc(Q.t('issued_at')) + '</span><b>' + Q.esc(Q.hhmmss(new Date(Q.ms(cur.issued_at) || Date.now()))) + ' · ' +
-        Q.esc(Q.t('task_kind_' + cur.kind) !== 'task_kind_' + cur.kind ? Q.t('task_kind_' + cur.kind) : cur.kind || '') + '</b></div>' +
-        '<div class="clocks">' + ['respond', 'arrive', 'reinforce'].map((s) =>
-          '<div class="clk" data-stage="' + s + '"><div class="n">' + Q.esc(Q.pick(Q.STAGES[s])) + '</div><div class="c"></div></div>').join('') + '</div>' +
-        '</div>';
+      box.innerHTML = cardHtml(cur);
       tick();
     }
     const st = cur ? cur.status : null;
@@ -263,6 +322,9 @@
     $('b-enroute').disabled = !(st === 'issued' || st === 'acknowledged');
     $('b-onscene').disabled = !(st === 'issued' || st === 'acknowledged' || st === 'en_route');
     $('b-cleared').disabled = !st;
+    // A unit may refuse a task it has not reached.
+    $('b-refuse').disabled = !(st === 'issued' || st === 'acknowledged' || st === 'en_route');
+    $('task-tools').classList.toggle('hidden', !cur);
 
     const others = list.slice(1);
     $('others-box').innerHTML = others.length
@@ -275,6 +337,8 @@
     const el = $('unit-status');
     el.textContent = us ? Q.pick(Q.STATUSES[us], us) + (confirmed ? '' : ' (' + Q.t('reported') + ')') : '—';
     el.dataset.status = us || '';
+    // Why we are busy or out of service, as the router recorded it.
+    $('unit-reason').textContent = unit && unit.reason && (us === 'busy' || us === 'out_of_service') ? unit.reason : '';
     $('unit-pos').textContent = pos ? pos[0].toFixed(5) + ', ' + pos[1].toFixed(5) : '—';
     $('unit-name').textContent = (unit && unit.name) || unitId;
   }
@@ -395,7 +459,44 @@
     $('b-ack').onclick = (ev) => currentId && send(ev.currentTarget, 'ack', { task: currentId });
     $('b-enroute').onclick = (ev) => currentId && send(ev.currentTarget, 'status', withPos({ status: 'en_route', task: currentId }));
     $('b-onscene').onclick = (ev) => currentId && send(ev.currentTarget, 'status', withPos({ status: 'on_scene', task: currentId }));
-    $('b-cleared').onclick = (ev) => currentId && send(ev.currentTarget, 'status', withPos({ status: 'cleared', task: currentId }));
+    $('b-cleared').onclick = async (ev) => {
+      if (!currentId) return;
+      // The disposition goes with the report as its note.
+      const note = $('disp').value.trim();
+      const fields = withPos({ status: 'cleared', task: currentId });
+      if (note) fields.note = note;
+      if (await send(ev.currentTarget, 'status', fields)) $('disp').value = '';
+    };
+    $('b-note').onclick = async (ev) => {
+      const text = $('note-text').value.trim();
+      if (!currentId) return;
+      if (!text) { Q.toast('error', Q.t('send_note') + ': ' + Q.t('need_text')); return; }
+      if (await send(ev.currentTarget, 'note', { task: currentId, text })) $('note-text').value = '';
+    };
+    $('b-refuse').onclick = async (ev) => {
+      const reason = $('refuse-reason').value.trim();
+      if (!currentId) return;
+      if (!reason) { Q.toast('error', Q.t('refuse') + ': ' + Q.t('need_reason')); $('refuse-reason').focus(); return; }
+      if (await send(ev.currentTarget, 'refuse', { task: currentId, reason })) $('refuse-reason').value = '';
+    };
+    $('busy').onclick = (ev) => {
+      const reason = $('status-reason').value.trim();
+      const fields = withPos({ status: 'busy' });
+      if (reason) fields.reason = reason;
+      send(ev.currentTarget, 'status', fields);
+    };
+    $('oos').onclick = (ev) => {
+      const reason = $('status-reason').value.trim();
+      if (!reason) { Q.toast('error', Q.t('oos_btn') + ': ' + Q.t('need_reason')); $('status-reason').focus(); return; }
+      send(ev.currentTarget, 'status', withPos({ status: 'out_of_service', reason }));
+    };
+    // "Got it" on the changes banner: the unit has seen what changed.
+    $('task-box').addEventListener('click', (ev) => {
+      if (!ev.target.closest('#changes-ok') || !currentId) return;
+      changed.delete(currentId);
+      save();
+      render();
+    });
     $('geo').onclick = () => { unlockAudio(); useGps(); };
     $('send-pos').onclick = (ev) => {
       const m = readManualPos();
@@ -469,7 +570,6 @@
     conn = new Q.Connection(tok, {
       onState,
       onPush,
-      onSnapshot,
       onSubscribed: (msg, resumed) => {
         refreshUnit();
         if (resumed) return;
