@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::UnitType;
 
+mod dispatch;
+
+pub use dispatch::{DispatchConfig, DispatchMode};
+
 /// The compiled-in defaults: the demo city.
 pub const DEFAULT_TOML: &str = include_str!("../../config/qzx.toml");
 
@@ -57,6 +61,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub api: ApiConfig,
     pub router: RouterConfig,
+    pub dispatch: DispatchConfig,
     pub sim: SimConfig,
     pub city: CityConfig,
     pub desks: Vec<Desk>,
@@ -339,6 +344,7 @@ impl Config {
     /// Checks what types alone cannot: references between sections and
     /// relations between values. Names the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.dispatch.validate()?;
         let k = &self.kafka;
         if k.partitions < 1 {
             return Err(invalid("kafka.partitions", "must be at least 1"));

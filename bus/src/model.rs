@@ -9,6 +9,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+mod command;
+
+pub use command::{Action, Actor, AssignMode, Command, ReportedStatus, Role};
+
 /// Timestamps on every record are UTC; inputs may carry any offset.
 pub type Timestamp = DateTime<Utc>;
 
@@ -344,6 +348,54 @@ pub struct Incident {
     /// Every flag of its events (`unlocated`: a person must place it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<Flag>,
+    /// Extension: everyone who called about it, first caller first, each
+    /// phone once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callers: Vec<Caller>,
+    /// Extension: automatic dispatch is held (by `hold`, or the priority's
+    /// dispatch mode is `recommend`): the router ranks units in
+    /// `candidates` and an operator assigns.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub hold: bool,
+    /// Extension: the router's ranking of units for the incident, best
+    /// first, while it waits for an operator to pick (held, or no unit in
+    /// time); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<Recommendation>,
+    /// Extension: this incident was merged into that one (and is closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<String>,
+    /// Extension: incidents merged into this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged: Vec<String>,
+    /// Extension: the incident this one was split from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_from: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// One unit the router would send, as it ranks them for an operator
+/// (recommend mode, `GET /api/v1/incidents/{id}/candidates`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recommendation {
+    pub unit: String,
+    #[serde(rename = "type")]
+    pub unit_type: UnitType,
+    /// Predicted travel time to the incident.
+    pub eta_s: u32,
+    /// Predicted to arrive before the arrive deadline.
+    pub in_time: bool,
+    pub distance_m: f64,
+    /// The task it would be taken off (pre-emption), when it is busy with
+    /// one of lower priority; absent for an available unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// That task's priority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_priority: Option<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -428,6 +480,24 @@ pub struct Task {
     /// it so they reach the router that owns the incident.
     pub jurisdiction: String,
     pub updated_at: Timestamp,
+    /// Extension: the incident's kind.
+    #[serde(default)]
+    pub incident_kind: String,
+    /// Extension: the first caller, to call back on the way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<Caller>,
+    /// Extension: the other units with an open task on the incident.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_units: Vec<String>,
+    /// Extension: what of the incident changed since the unit's previous
+    /// version of this task (`priority`, `kind`, `text`, `location`,
+    /// `deadlines`, `caller`, `units`, `merged`); empty when the task
+    /// itself moved, or is new.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+    /// Extension: why the task was cancelled or refused, for the unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -473,6 +543,8 @@ pub enum UnitStatus {
     OnScene,
     Busy,
     OffDuty,
+    /// Extension: cannot take tasks, with the unit's `reason`.
+    OutOfService,
 }
 
 impl UnitStatus {
@@ -484,6 +556,7 @@ impl UnitStatus {
             UnitStatus::OnScene => "on_scene",
             UnitStatus::Busy => "busy",
             UnitStatus::OffDuty => "off_duty",
+            UnitStatus::OutOfService => "out_of_service",
         }
     }
 }
@@ -511,128 +584,9 @@ pub struct Unit {
     pub speed_kmh: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-}
-
-/// What a unit may report with the `status` command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReportedStatus {
-    Available,
-    EnRoute,
-    OnScene,
-    Cleared,
-    Busy,
-    OffDuty,
-}
-
-/// A command as a client sends it over WebSocket or REST (the `op` field
-/// names it). The api validates and authorises it; the router applies it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Command {
-    Ack {
-        task: String,
-    },
-    Status {
-        status: ReportedStatus,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        task: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        lat: Option<f64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        lon: Option<f64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        note: Option<String>,
-        #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-        unit_type: Option<UnitType>,
-    },
-    Position {
-        lat: f64,
-        lon: f64,
-    },
-    Assign {
-        incident: String,
-        unit: String,
-    },
-    Divert {
-        incident: String,
-        to: String,
-    },
-    Escalate {
-        incident: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        desk: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        unit_type: Option<UnitType>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        note: Option<String>,
-    },
-    Close {
-        incident: String,
-        disposition: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        feedback: Option<Feedback>,
-    },
-}
-
-impl Command {
-    /// The command's `op` name, as clients send it.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Command::Ack { .. } => "ack",
-            Command::Status { .. } => "status",
-            Command::Position { .. } => "position",
-            Command::Assign { .. } => "assign",
-            Command::Divert { .. } => "divert",
-            Command::Escalate { .. } => "escalate",
-            Command::Close { .. } => "close",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Source,
-    Unit,
-    Operator,
-    Analyst,
-    Admin,
-}
-
-impl Role {
-    /// The JSON name, as in a token's `role` claim.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Source => "source",
-            Role::Unit => "unit",
-            Role::Operator => "operator",
-            Role::Analyst => "analyst",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-/// Who issued a command, from their token.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Actor {
-    pub sub: String,
-    pub role: Role,
+    /// Extension: why the unit is `busy` or `out_of_service`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unit: Option<String>,
-}
-
-/// Value of the `actions` topic, keyed by the jurisdiction of the incident
-/// (or unit) it concerns.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Action {
-    /// Unique per command; the router ignores an id it has applied.
-    pub id: String,
-    pub at: Timestamp,
-    pub by: Actor,
-    pub jurisdiction: String,
-    #[serde(flatten)]
-    pub command: Command,
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -652,6 +606,11 @@ pub enum EscalationKind {
     /// a router killed before it recorded the task) and was made available
     /// again.
     Reconciled,
+    /// Extension: a unit refused its task (with its reason).
+    Refused,
+    /// Extension: a unit was taken off this incident's task for an incident
+    /// of higher priority.
+    Preempted,
 }
 
 /// Value of the `escalations` topic, keyed by incident id.

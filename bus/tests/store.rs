@@ -185,6 +185,12 @@ async fn delete_keys(url: &str, prefix: &str) -> redis::RedisResult<usize> {
 fn incident(id: &str) -> Incident {
     let at = Utc.with_ymd_and_hms(2025, 3, 1, 8, 0, 0).single().expect("valid time");
     Incident {
+        callers: Vec::new(),
+        hold: false,
+        candidates: Vec::new(),
+        merged_into: None,
+        merged: Vec::new(),
+        split_from: None,
         id: id.to_owned(),
         version: 1,
         status: IncidentStatus::New,

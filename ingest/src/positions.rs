@@ -244,6 +244,7 @@ impl Ingest {
             None => (UnitType::PatrolCar, self.city.place(p.lat, p.lon).jurisdiction, None),
         };
         Unit {
+            reason: None,
             id: p.unit.clone(),
             unit_type,
             jurisdiction,

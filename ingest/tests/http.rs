@@ -827,6 +827,7 @@ async fn positions_move_units_without_changing_what_they_do() {
     let stranger = unique("new-car");
     // A roster unit the router already dispatched.
     let busy = bus::model::Unit {
+        reason: None,
         id: roster.id.clone(),
         unit_type: roster.unit_type,
         jurisdiction: roster.jurisdiction.clone(),

@@ -60,6 +60,7 @@ fn bench(c: &mut Criterion) {
         .map(|i| {
             let (lat, lon) = point(i * 13 + 5);
             Unit {
+                reason: None,
                 id: format!("u-{i}"),
                 unit_type: UnitType::ALL[i % 5],
                 jurisdiction: city.place(lat, lon).jurisdiction,

@@ -82,7 +82,7 @@ pub(crate) async fn tick(books: &mut Books, engine: &Engine, clock: &mut Clock, 
         let partition = books.partition_of(&incident.jurisdiction);
         let mut tx = Tx::begin(books, partition, None);
         step(&mut tx, engine, incident, now).await?;
-        tx.stage(now)?;
+        tx.stage(engine, now).await?;
     }
     Ok(())
 }
@@ -107,7 +107,7 @@ pub(crate) async fn dispatch_freed(
         let partition = books.partition_of(&incident.jurisdiction);
         let mut tx = Tx::begin(books, partition, None);
         step(&mut tx, engine, incident, now).await?;
-        tx.stage(now)?;
+        tx.stage(engine, now).await?;
     }
     Ok(())
 }
@@ -201,8 +201,7 @@ pub(crate) async fn reconcile(
             dangling.insert(unit.id.clone(), (task_id, first));
             continue;
         }
-        let desk = engine.config().router.supervisor_desk.clone();
-        free(books, unit, &task_id, task.as_ref(), desk, now).await?;
+        free(books, engine, unit, &task_id, task.as_ref(), now).await?;
         freed += 1;
     }
     clock.dangling = dangling;
@@ -213,12 +212,13 @@ pub(crate) async fn reconcile(
 /// when the transaction commits.
 async fn free(
     books: &mut Books,
+    engine: &Engine,
     mut unit: Unit,
     task_id: &str,
     task: Option<&Task>,
-    desk: String,
     now: Timestamp,
 ) -> anyhow::Result<()> {
+    let desk = engine.config().router.supervisor_desk.clone();
     let why = match task {
         Some(t) => format!("its task {task_id} is {}", t.status.as_str()),
         None => format!("its task {task_id} was never recorded"),
@@ -246,5 +246,5 @@ async fn free(
     unit.at = now;
     tx.put_unit(unit);
     tx.escalate(freed);
-    tx.stage(now)
+    tx.stage(engine, now).await
 }

@@ -1,18 +1,20 @@
 //! Sending units: the primary task and P1 reinforcements an incident still
-//! needs (`top_up`), re-dispatch of tasks not acknowledged in time, and
-//! ending tasks (their units made available again). Each reads the
+//! needs (`top_up`, or the ranking for an operator when dispatch is held),
+//! re-dispatch of tasks not acknowledged in time, a unit withdrawn
+//! (refused, out of service) replaced at once, and ending tasks (their
+//! units made available again, told why). Each reads the
 //! candidates once, lets the engine decide ([`crate::plan`]), and carries
 //! the decision out through the transaction, which claims each unit (the
 //! commit checks it is still available, so two incidents never get one).
 
 use bus::model::{
-    Escalation, EscalationKind, Incident, IncidentUnit, Stage, TaskKind, TaskStatus, Timestamp, UnitRole, UnitStatus,
-    UnitType, new_id,
+    Escalation, EscalationKind, Incident, IncidentUnit, Recommendation, Stage, Task, TaskKind, TaskStatus, Timestamp,
+    UnitRole, UnitStatus, UnitType, new_id,
 };
 
 use crate::engine::{Candidate, Engine};
 use crate::incident::{BY_ROUTER, derive_status, entry};
-use crate::plan::Issue;
+use crate::plan::{Issue, needs_units, working_units};
 use crate::tx::Tx;
 
 /// An escalation the router raises about an incident.
@@ -41,15 +43,31 @@ pub(crate) fn escalation(
 /// Sends the units an incident still needs (a primary, and for P1
 /// reinforcements): the candidates read once, the plan decided once
 /// ([`Engine::plan_top_up`]), then carried out. A shortfall is escalated
-/// once (`no_unit`) and retried by the clock.
+/// once (`no_unit`) and retried by the clock. A primary that cannot arrive
+/// in time may be taken off a lower-priority task ([`crate::preempt`]). A
+/// held incident gets the ranking instead (`candidates`), for an operator
+/// to pick from.
 pub(crate) async fn top_up(
     tx: &mut Tx<'_>,
     engine: &Engine,
     incident: &mut Incident,
     now: Timestamp,
 ) -> anyhow::Result<()> {
+    if engine.held(incident) {
+        return recommend(tx, engine, incident, now).await;
+    }
+    incident.candidates.clear();
     let candidates = candidates(tx, engine, incident).await?;
-    let plan = engine.plan_top_up(incident, &candidates, now);
+    let mut plan = engine.plan_top_up(incident, &candidates, now);
+    let primary_late = working_units(incident) == 0 && plan.issues.first().is_none_or(|i| !i.in_time);
+    if primary_late
+        && engine.config().dispatch.preempt_for.contains(&incident.priority)
+        && let Some(taken) = crate::preempt::best(tx, engine, incident, &candidates, now).await?
+    {
+        crate::preempt::take(tx, engine, incident, taken, now).await?;
+        // The primary is there now: what is left is reinforcements.
+        plan = engine.plan_top_up(incident, &candidates, now);
+    }
     for issue in plan.issues {
         carry_out(tx, incident, issue, now);
     }
@@ -57,6 +75,26 @@ pub(crate) async fn top_up(
         no_unit(tx, engine, incident, now, &why);
     }
     derive_status(incident);
+    Ok(())
+}
+
+/// Publishes the router's ranking on a held incident that needs units
+/// (none when it needs none). Rewritten only when the units or whether
+/// they arrive in time changed, not for every second of ETA, so a clock
+/// retry does not publish a new version each time.
+async fn recommend(tx: &mut Tx<'_>, engine: &Engine, incident: &mut Incident, now: Timestamp) -> anyhow::Result<()> {
+    let ranking = if needs_units(engine, incident) {
+        let candidates = candidates(tx, engine, incident).await?;
+        crate::preempt::ranking(tx, engine, incident, &candidates, now).await?
+    } else {
+        Vec::new()
+    };
+    let key = |r: &Recommendation| (r.unit.clone(), r.in_time, r.task.clone());
+    let same =
+        ranking.len() == incident.candidates.len() && ranking.iter().map(key).eq(incident.candidates.iter().map(key));
+    if !same {
+        incident.candidates = ranking;
+    }
     Ok(())
 }
 
@@ -77,7 +115,7 @@ fn no_unit(tx: &mut Tx<'_>, engine: &Engine, incident: &mut Incident, now: Times
 
 /// The units that could take the incident's tasks, nearest first, as this
 /// transaction sees them: the one read dispatch makes.
-async fn candidates(tx: &Tx<'_>, engine: &Engine, incident: &Incident) -> anyhow::Result<Vec<Candidate>> {
+pub(crate) async fn candidates(tx: &Tx<'_>, engine: &Engine, incident: &Incident) -> anyhow::Result<Vec<Candidate>> {
     let Some((lat, lon)) = engine.dispatch_point(incident) else {
         return Ok(Vec::new());
     };
@@ -117,7 +155,7 @@ pub(crate) async fn dispatch(
 
 /// Claims the issue's unit and records its task on the incident. False
 /// when the unit cannot be claimed (it was not available after all).
-fn carry_out(tx: &mut Tx<'_>, incident: &mut Incident, issue: Issue, now: Timestamp) -> bool {
+pub(crate) fn carry_out(tx: &mut Tx<'_>, incident: &mut Incident, issue: Issue, now: Timestamp) -> bool {
     let Issue {
         unit,
         task,
@@ -169,7 +207,7 @@ pub(crate) async fn redispatch(
         .cloned()
         .collect();
     for old in stale {
-        cancel_task(tx, incident, &old.task, now).await?;
+        cancel_task(tx, incident, &old.task, "not acknowledged in time", now).await?;
         let kind = match old.role {
             UnitRole::Primary => TaskKind::Respond,
             _ => TaskKind::Reinforce,
@@ -190,17 +228,19 @@ pub(crate) async fn redispatch(
     Ok(())
 }
 
-/// Cancels one task and frees its unit.
+/// Cancels one task, telling its unit why, and frees the unit.
 pub(crate) async fn cancel_task(
     tx: &mut Tx<'_>,
     incident: &mut Incident,
     task_id: &str,
+    why: &str,
     now: Timestamp,
 ) -> anyhow::Result<()> {
     if let Some(mut task) = tx.task(task_id).await?
         && task.status.can_become(TaskStatus::Cancelled)
     {
         task.status = TaskStatus::Cancelled;
+        task.reason = Some(why.to_owned());
         free_unit(tx, &task.unit, &task.id, now).await?;
         tx.put_task(task);
     }
@@ -208,6 +248,42 @@ pub(crate) async fn cancel_task(
         && u.status.is_open()
     {
         u.status = TaskStatus::Cancelled;
+    }
+    Ok(())
+}
+
+/// Takes a unit off its task on `incident` (it refused, or went out of
+/// service) and sends another unit in its place at once; a held incident
+/// gets a new ranking instead.
+pub(crate) async fn withdraw(
+    tx: &mut Tx<'_>,
+    engine: &Engine,
+    incident: &mut Incident,
+    task: &Task,
+    why: &str,
+    now: Timestamp,
+) -> anyhow::Result<()> {
+    let role = incident
+        .units
+        .iter()
+        .find(|u| u.task == task.id)
+        .map_or(UnitRole::Primary, |u| u.role);
+    cancel_task(tx, incident, &task.id, why, now).await?;
+    incident.timeline.push(entry(
+        now,
+        format!("unit {} withdrawn from task {}: {why}", task.unit, task.id),
+        BY_ROUTER,
+    ));
+    if engine.held(incident) {
+        return recommend(tx, engine, incident, now).await;
+    }
+    let kind = match role {
+        UnitRole::Primary => TaskKind::Respond,
+        _ => task.kind,
+    };
+    let issued = dispatch(tx, engine, incident, kind, role, None, 1, now).await?;
+    if issued == 0 {
+        no_unit(tx, engine, incident, now, &format!("none to replace {}", task.unit));
     }
     Ok(())
 }
@@ -226,7 +302,7 @@ pub(crate) async fn end_tasks(
         .map(|u| u.task.clone())
         .collect();
     for task in &open {
-        cancel_task(tx, incident, task, now).await?;
+        cancel_task(tx, incident, task, why, now).await?;
     }
     if !open.is_empty() {
         incident.timeline.push(entry(

@@ -12,11 +12,11 @@
 
 use std::sync::Arc;
 
-use bus::config::{AreaType, Config, SlaTarget};
+use bus::config::{AreaType, Config, DispatchMode, SlaTarget};
 use bus::geo::{CityMap, haversine_m};
 use bus::model::{
-    Deadlines, Event, Flag, Incident, IncidentStatus, Location, Sla, SlaState, Source, Stage, Task, TaskKind,
-    TaskStatus, Timestamp, Unit, UnitType, add_flag, new_id,
+    Deadlines, Event, Flag, Incident, IncidentStatus, Sla, SlaState, Source, Stage, Task, TaskKind, TaskStatus,
+    Timestamp, Unit, UnitType, add_flag, new_id,
 };
 
 pub use crate::incident::BY_ROUTER;
@@ -107,6 +107,21 @@ impl Engine {
             arrive: at(t.arrive_s),
             reinforce: at(t.reinforce_s),
         })
+    }
+
+    /// Automatic dispatch is held for the incident (by `hold`, or its
+    /// priority's mode is `recommend`): the router ranks units and an
+    /// operator assigns.
+    pub fn held(&self, incident: &Incident) -> bool {
+        incident.hold || self.config.dispatch.mode(incident.priority) == DispatchMode::Recommend
+    }
+
+    /// A unit not heard from (position or status) for
+    /// `dispatch.stale_after_s`: its terminal may be dead, so it is not
+    /// dispatched.
+    pub fn is_stale(&self, unit: &Unit, now: Timestamp) -> bool {
+        let limit = i64::try_from(self.config.dispatch.stale_after_s).unwrap_or(i64::MAX);
+        (now - unit.at).num_seconds() > limit
     }
 
     /// Where units are sent: the incident's location, else its
@@ -321,6 +336,12 @@ impl Engine {
             feedback: None,
             follow_up_of: None,
             flags: event.input.flags.clone(),
+            callers: event.input.caller.iter().cloned().collect(),
+            hold: false,
+            candidates: Vec::new(),
+            merged_into: None,
+            merged: Vec::new(),
+            split_from: None,
         }
     }
 
@@ -347,6 +368,9 @@ impl Engine {
         ));
         if incident.location.is_none() {
             incident.location.clone_from(&event.input.location);
+        }
+        if let Some(caller) = &event.input.caller {
+            crate::incident::add_caller(&mut incident.callers, caller);
         }
         // The incident keeps what was wrong with any of its calls, except
         // a place it does not lack: its location came from another call.
@@ -380,13 +404,15 @@ impl Engine {
             if score.priority == 1 {
                 add_desk(&mut incident.desks, &self.config.router.command_desk);
             }
-            self.retarget(incident);
+            self.retarget(incident, false);
         }
     }
 
     /// Recomputes the deadlines of stages still pending after a priority
-    /// change; met or breached stages keep theirs.
-    fn retarget(&self, incident: &mut Incident) {
+    /// change; met or breached stages keep theirs. A call raises a priority
+    /// only, so its deadlines only tighten; an operator who lowers one
+    /// (`loosen`) gives the pending stages the new priority's deadlines.
+    pub fn retarget(&self, incident: &mut Incident, loosen: bool) {
         let Some(old) = incident.deadlines.clone() else { return };
         let from = incident.created_at;
         let Some(new) = self.deadlines(&incident.jurisdiction, incident.priority, from) else {
@@ -394,7 +420,11 @@ impl Engine {
         };
         let pick = |stage: Stage| {
             if incident.sla.get(stage) == SlaState::Pending {
-                new.get(stage).min(old.get(stage))
+                if loosen {
+                    new.get(stage)
+                } else {
+                    new.get(stage).min(old.get(stage))
+                }
             } else {
                 old.get(stage)
             }
@@ -439,33 +469,28 @@ impl Engine {
 
     /// A task for `unit` on `incident`.
     pub fn new_task(&self, incident: &Incident, unit: &str, kind: TaskKind, now: Timestamp) -> Task {
-        let text = incident.text.as_deref().unwrap_or_default();
-        let mut summary = format!("P{} {}", incident.priority, incident.kind);
-        if !text.is_empty() {
-            summary.push_str(": ");
-            summary.extend(text.chars().take(120));
-        }
-        Task {
+        let mut task = Task {
             id: new_id(),
             incident: incident.id.clone(),
             unit: unit.to_owned(),
             version: 0,
             kind,
             priority: incident.priority,
-            location: incident.location.clone().or_else(|| {
-                self.dispatch_point(incident).map(|(lat, lon)| Location {
-                    lat,
-                    lon,
-                    address: None,
-                })
-            }),
-            summary,
+            location: None,
+            summary: String::new(),
             issued_at: now,
-            deadlines: incident.deadlines.clone(),
+            deadlines: None,
             status: TaskStatus::Issued,
             jurisdiction: incident.jurisdiction.clone(),
             updated_at: now,
-        }
+            incident_kind: String::new(),
+            caller: None,
+            other_units: Vec::new(),
+            changes: Vec::new(),
+            reason: None,
+        };
+        crate::briefing::brief(&mut task, incident, self.dispatch_point(incident));
+        task
     }
 
     /// Marks the stages whose condition now holds as met, if before their

@@ -3,7 +3,7 @@
 //! timeline (entries, and trimming one that grows without end), desks. Pure:
 //! no IO, no clock.
 
-use bus::model::{Flag, Incident, IncidentStatus, Sla, SlaState, Stage, TaskStatus, TimelineEntry, Timestamp};
+use bus::model::{Caller, Flag, Incident, IncidentStatus, Sla, SlaState, Stage, TaskStatus, TimelineEntry, Timestamp};
 
 /// Who the router signs its own timeline entries with.
 pub const BY_ROUTER: &str = "router";
@@ -54,6 +54,22 @@ pub fn entry(at: Timestamp, what: impl Into<String>, by: impl Into<String>) -> T
         at,
         what: what.into(),
         by: by.into(),
+    }
+}
+
+/// Adds a caller unless one with the same phone (or, without phones, the
+/// same name) is there: each person once, first caller first.
+pub fn add_caller(callers: &mut Vec<Caller>, caller: &Caller) {
+    if caller.phone.is_none() && caller.name.is_none() {
+        return;
+    }
+    let same = |c: &Caller| match (&c.phone, &caller.phone) {
+        (Some(a), Some(b)) => a == b,
+        (None, None) => c.name == caller.name,
+        _ => false,
+    };
+    if !callers.iter().any(same) {
+        callers.push(caller.clone());
     }
 }
 

@@ -15,6 +15,7 @@
 //! wires them into the supervisor. Nothing here speaks HTTP, and no other
 //! service may write incident state.
 
+pub mod briefing;
 mod clock;
 mod commands;
 mod dispatch;
@@ -24,6 +25,7 @@ pub mod incident;
 pub mod index;
 pub mod partition;
 pub mod plan;
+mod preempt;
 pub mod rebuild;
 pub mod score;
 pub mod service;

@@ -63,8 +63,8 @@ pub fn needs_units(engine: &Engine, incident: &Incident) -> bool {
 
 impl Engine {
     /// Up to `count` tasks of `kind`, for the best of `candidates` (nearest
-    /// first) that are available, of `unit_type` when one is asked for, and
-    /// have not worked on this incident; best first.
+    /// first) that are available and not stale, of `unit_type` when one is
+    /// asked for, and have not worked on this incident; best first.
     #[allow(clippy::too_many_arguments)]
     pub fn pick(
         &self,
@@ -82,6 +82,7 @@ impl Engine {
             .filter(|c| {
                 !tried.contains(c.unit.id.as_str())
                     && c.unit.status == UnitStatus::Available
+                    && !self.is_stale(&c.unit, now)
                     && unit_type.is_none_or(|t| t == c.unit.unit_type)
             })
             .take(self.config().router.candidate_units.max(count))

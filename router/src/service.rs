@@ -303,7 +303,7 @@ impl Router {
         letter.content_type = record.ce.as_ref().ok().and_then(|ce| ce.content_type.clone());
         let mut tx = Tx::begin(&mut self.books, record.partition, None);
         tx.dead_letter(source.unwrap_or_else(|| "kafka".to_owned()), letter);
-        tx.stage(now)
+        tx.stage(&self.engine, now).await
     }
 
     /// Scores, links or creates, diverts or dispatches one event, and
@@ -322,7 +322,7 @@ impl Router {
         }
         let mut tx = Tx::begin(&mut self.books, partition, Some(&event.id));
         crate::events::apply(&mut tx, &self.engine, event, now).await?;
-        tx.stage(now)
+        tx.stage(&self.engine, now).await
     }
 
     // --------------------------------------------------------------- actions
@@ -381,13 +381,13 @@ impl Router {
         }
         let mut tx = Tx::begin(&mut self.books, partition, Some(&action.id));
         match commands::apply(&mut tx, &self.engine, action, now).await? {
-            Outcome::Applied => tx.stage(now),
+            Outcome::Applied => tx.stage(&self.engine, now).await,
             Outcome::Rejected(escalation) => {
                 // Nothing of the command is kept but the record of why.
                 drop(tx);
                 let mut tx = Tx::begin(&mut self.books, partition, Some(&action.id));
                 tx.escalate(escalation);
-                tx.stage(now)
+                tx.stage(&self.engine, now).await
             }
         }
     }

@@ -13,6 +13,7 @@ use common::*;
 
 fn status(status: ReportedStatus) -> Command {
     Command::Status {
+        reason: None,
         status,
         task: None,
         lat: None,
@@ -155,6 +156,8 @@ async fn invalid_commands_are_rejected_with_an_escalation_and_never_applied() {
         by_unit("u-1", status(ReportedStatus::OffDuty), at),
         by_operator(
             Command::Assign {
+                mode: Default::default(),
+                preempt: false,
                 incident: inc.id.clone(),
                 unit: "u-2".into(),
             },
@@ -162,6 +165,8 @@ async fn invalid_commands_are_rejected_with_an_escalation_and_never_applied() {
         ),
         by_operator(
             Command::Assign {
+                mode: Default::default(),
+                preempt: false,
                 incident: "no-such-incident".into(),
                 unit: "u-2".into(),
             },
@@ -276,6 +281,8 @@ async fn operators_reassign_escalate_and_divert() {
 
     let at = secs(t0(), 20);
     let assign = Command::Assign {
+        mode: Default::default(),
+        preempt: false,
         incident: inc.id.clone(),
         unit: "u-2".into(),
     };
@@ -334,6 +341,7 @@ async fn units_register_on_duty_report_positions_and_status() {
     let mut r = router(&ctx);
     let at = t0();
     let on_duty = |unit_type| Command::Status {
+        reason: None,
         status: ReportedStatus::Available,
         task: None,
         lat: Some(36.6760),

@@ -105,6 +105,7 @@ async fn a_record_sees_what_the_records_before_it_in_its_batch_changed() {
     let on_scene = by_unit(
         &task.unit,
         Command::Status {
+            reason: None,
             status: bus::model::ReportedStatus::OnScene,
             task: Some(task.task.clone()),
             lat: Some(LAT),

@@ -10,6 +10,7 @@ use common::*;
 
 fn on_scene() -> Command {
     Command::Status {
+        reason: None,
         status: ReportedStatus::OnScene,
         task: None,
         lat: None,

@@ -485,6 +485,7 @@ fn resolve(op: &Op, seen: &Published, now: Timestamp) -> Option<Action> {
                 ReportedStatus::Cleared,
             ][*status];
             let command = Command::Status {
+                reason: None,
                 status,
                 task: Some(task.id.clone()),
                 lat: None,
@@ -506,6 +507,8 @@ fn resolve(op: &Op, seen: &Published, now: Timestamp) -> Option<Action> {
         Op::Assign { pick, unit } if !open.is_empty() => {
             let incident = open[pick % open.len()];
             let command = Command::Assign {
+                mode: Default::default(),
+                preempt: false,
                 incident: incident.id.clone(),
                 unit: unit_id(*unit),
             };

@@ -196,6 +196,7 @@ async fn a_freed_unit_goes_to_the_most_urgent_waiting_incident_and_an_idle_tick_
     let freed = by_unit(
         "u-1",
         bus::model::Command::Status {
+            reason: None,
             status: bus::model::ReportedStatus::Available,
             task: None,
             lat: Some(LAT),

@@ -331,6 +331,7 @@ impl Agent {
             lon: Some(self.position[1]),
             note: None,
             unit_type,
+            reason: None,
         }
     }
 

@@ -59,6 +59,7 @@ fn haversine_m((lat1, lon1): (f64, f64), (lat2, lon2): (f64, f64)) -> f64 {
 
 fn unit(id: &str, status: UnitStatus, position: Option<(f64, f64)>) -> Unit {
     Unit {
+        reason: None,
         id: id.to_owned(),
         unit_type: UnitType::PatrolCar,
         jurisdiction: "lixia".to_owned(),
@@ -129,6 +130,12 @@ pub async fn move_unit(store: &dyn Store) {
 fn incident(id: &str, version: u64, status: IncidentStatus) -> Incident {
     let created = Utc.with_ymd_and_hms(2025, 3, 1, 8, 0, 0).single().expect("valid time");
     Incident {
+        callers: Vec::new(),
+        hold: false,
+        candidates: Vec::new(),
+        merged_into: None,
+        merged: Vec::new(),
+        split_from: None,
         id: id.to_owned(),
         version,
         status,

@@ -46,6 +46,12 @@ pub(super) async fn apply(
 /// call the caller back; no units are sent and no clock runs.
 fn follow_up(closed: &Incident, now: Timestamp) -> Incident {
     Incident {
+        callers: Vec::new(),
+        hold: false,
+        candidates: Vec::new(),
+        merged_into: None,
+        merged: Vec::new(),
+        split_from: None,
         id: bus::model::new_id(),
         version: 0,
         status: IncidentStatus::New,

@@ -11,8 +11,15 @@ mod assign;
 mod close;
 mod divert;
 mod escalate;
+mod hold;
+mod merge;
+mod note;
 mod position;
+mod refuse;
+mod reopen;
+mod split;
 mod status;
+mod update;
 
 use bus::model::{
     Action, Command, Escalation, EscalationKind, Incident, IncidentStatus, Task, TaskStatus, Timestamp, UnitStatus,
@@ -67,7 +74,12 @@ pub(crate) async fn apply(
         Command::Ack { task } => ack::apply(tx, engine, action, task, at, now).await,
         Command::Status { .. } => status::apply(tx, engine, action, at, now).await,
         Command::Position { lat, lon } => position::apply(tx, action, *lat, *lon, now).await,
-        Command::Assign { incident, unit } => assign::apply(tx, engine, action, incident, unit, now).await,
+        Command::Assign {
+            incident,
+            unit,
+            mode,
+            preempt,
+        } => assign::apply(tx, engine, action, incident, unit, *mode, *preempt, now).await,
         Command::Divert { incident, to } => divert::apply(tx, engine, action, incident, to, now).await,
         Command::Escalate {
             incident,
@@ -92,6 +104,24 @@ pub(crate) async fn apply(
             disposition,
             feedback,
         } => close::apply(tx, action, incident, disposition, *feedback, now).await,
+        Command::Update { .. } => update::apply(tx, engine, action, now).await,
+        Command::Note { incident, task, text } => {
+            note::apply(tx, action, incident.as_deref(), task.as_deref(), text, now).await
+        }
+        Command::Reopen { incident, reason } => reopen::apply(tx, engine, action, incident, reason, now).await,
+        Command::Merge { incident, from } => merge::apply(tx, engine, action, incident, from, now).await,
+        Command::Split {
+            incident,
+            events,
+            reason,
+        } => split::apply(tx, engine, action, incident, events, reason.as_deref(), now).await,
+        Command::Hold { incident, hold, reason } => {
+            hold::apply(tx, engine, action, incident, *hold, reason.as_deref(), now).await
+        }
+        Command::Refuse { task, reason } => refuse::apply(tx, engine, action, task, reason, now).await,
+        // The api publishes a created incident as an event, never as an
+        // action: one on the actions topic did not come from it.
+        Command::Create { .. } => Err(reject(None, "create is sent as an event, not an action")),
     };
     match result {
         Ok(()) => {
@@ -130,7 +160,14 @@ pub(crate) async fn apply(
 pub(crate) async fn owner(tx: &Tx<'_>, action: &Action) -> anyhow::Result<Option<String>> {
     use bus::model::ReportedStatus;
     let task = match &action.command {
-        Command::Ack { task } => Some(task.clone()),
+        Command::Ack { task } | Command::Refuse { task, .. } => Some(task.clone()),
+        Command::Note {
+            incident: None, task, ..
+        } => match (task, &action.by.unit) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(unit)) => tx.unit(unit).await?.and_then(|u| u.task),
+            (None, None) => None,
+        },
         Command::Status {
             status: ReportedStatus::EnRoute | ReportedStatus::OnScene | ReportedStatus::Cleared,
             task,
@@ -143,7 +180,16 @@ pub(crate) async fn owner(tx: &Tx<'_>, action: &Action) -> anyhow::Result<Option
         Command::Assign { incident, .. }
         | Command::Divert { incident, .. }
         | Command::Escalate { incident, .. }
-        | Command::Close { incident, .. } => {
+        | Command::Close { incident, .. }
+        | Command::Update { incident, .. }
+        | Command::Note {
+            incident: Some(incident),
+            ..
+        }
+        | Command::Reopen { incident, .. }
+        | Command::Merge { incident, .. }
+        | Command::Split { incident, .. }
+        | Command::Hold { incident, .. } => {
             return Ok(tx.incident(incident).await?.map(|i| i.jurisdiction));
         }
         _ => None,
@@ -162,6 +208,27 @@ async fn open_incident(tx: &Tx<'_>, id: &str) -> Result<Incident, Fail> {
         .ok_or_else(|| reject(Some(id), format!("unknown incident {id}")))?;
     if !incident.status.is_open() {
         return Err(reject(Some(id), format!("incident is {}", incident.status.as_str())));
+    }
+    Ok(incident)
+}
+
+/// An incident this router may write: it exists and its jurisdiction's
+/// partition is owned here (a command about two incidents, such as
+/// `merge`, is keyed by one of them only).
+async fn owned_incident(tx: &Tx<'_>, id: &str) -> Result<Incident, Fail> {
+    let incident = tx
+        .incident(id)
+        .await?
+        .ok_or_else(|| reject(Some(id), format!("unknown incident {id}")))?;
+    let books = tx.books();
+    if !books.owns(books.partition_of(&incident.jurisdiction)) {
+        return Err(reject(
+            Some(id),
+            format!(
+                "incident {id} is in jurisdiction {}, which another router instance owns",
+                incident.jurisdiction
+            ),
+        ));
     }
     Ok(incident)
 }

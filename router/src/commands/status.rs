@@ -1,13 +1,18 @@
-//! `status`: a unit reports what it is doing. `available`, `busy` and
-//! `off_duty` change the unit (refused while it still has an open task; an
-//! unknown unit reporting `available` with a position comes on duty);
-//! `en_route`, `on_scene` and `cleared` move its task, and with it the
-//! incident's 1-3-5 stages. A note goes on the incident's timeline.
+//! `status`: a unit reports what it is doing. `available`, `busy`,
+//! `off_duty` and `out_of_service` change the unit (refused while it still
+//! has an open task, but for `out_of_service`: a unit that broke down on
+//! the way is taken off its task, and another unit sent at once); `busy`
+//! and `out_of_service` carry the unit's reason. An unknown unit reporting
+//! `available` with a position comes on duty. `en_route`, `on_scene` and
+//! `cleared` move its task, and with it the incident's 1-3-5 stages. A
+//! note goes on the incident's timeline.
 
 use bus::model::{Action, Command, ReportedStatus, TaskStatus, Timestamp, Unit, UnitStatus, UnitType};
 
-use super::{Fail, move_task, reject, unit_task, valid_position};
+use super::{Fail, move_task, open_incident, reject, unit_task, valid_position};
+use crate::dispatch::withdraw;
 use crate::engine::Engine;
+use crate::incident::derive_status;
 use crate::incident::entry;
 use crate::tx::Tx;
 
@@ -25,6 +30,7 @@ pub(super) async fn apply(
         lon,
         note,
         unit_type,
+        reason,
     } = &action.command
     else {
         return Err(reject(None, "not a status report"));
@@ -42,12 +48,17 @@ pub(super) async fn apply(
     }
     let existing = tx.unit(&unit_id).await?;
     match status {
-        ReportedStatus::Available | ReportedStatus::Busy | ReportedStatus::OffDuty => {
+        ReportedStatus::Available | ReportedStatus::Busy | ReportedStatus::OffDuty | ReportedStatus::OutOfService => {
             let next = match status {
                 ReportedStatus::Available => UnitStatus::Available,
                 ReportedStatus::Busy => UnitStatus::Busy,
+                ReportedStatus::OutOfService => UnitStatus::OutOfService,
                 _ => UnitStatus::OffDuty,
             };
+            let reason = reason.as_deref().map(str::trim).filter(|r| !r.is_empty());
+            if next == UnitStatus::OutOfService && reason.is_none() {
+                return Err(reject(None, "out_of_service needs a reason"));
+            }
             let mut unit = match existing {
                 Some(unit) => unit,
                 None if *status == ReportedStatus::Available => {
@@ -65,16 +76,29 @@ pub(super) async fn apply(
                 && let Some(t) = tx.task(&task).await?
                 && t.status.is_open()
             {
-                return Err(reject(
-                    Some(&t.incident),
-                    format!(
-                        "unit {unit_id} still has task {task} ({}); clear it first",
-                        t.status.as_str()
-                    ),
-                ));
+                if next != UnitStatus::OutOfService {
+                    return Err(reject(
+                        Some(&t.incident),
+                        format!(
+                            "unit {unit_id} still has task {task} ({}); clear it first",
+                            t.status.as_str()
+                        ),
+                    ));
+                }
+                let mut incident = open_incident(tx, &t.incident).await?;
+                let why = format!("{unit_id} out of service: {}", reason.unwrap_or_default());
+                withdraw(tx, engine, &mut incident, &t, &why, now).await?;
+                derive_status(&mut incident);
+                tx.put_incident(incident);
+                // The withdrawal made the unit available; it is not.
+                unit = tx.unit(&unit_id).await?.unwrap_or(unit);
             }
             unit.status = next;
             unit.task = None;
+            unit.reason = match next {
+                UnitStatus::Busy | UnitStatus::OutOfService => reason.map(str::to_owned),
+                _ => None,
+            };
             if let Some((lat, lon)) = position {
                 unit.lat = Some(lat);
                 unit.lon = Some(lon);
@@ -126,6 +150,7 @@ fn register(engine: &Engine, id: &str, unit_type: Option<UnitType>, lat: f64, lo
     let roster = engine.config().units.iter().find(|u| u.id == id);
     tracing::info!(unit = %id, rostered = roster.is_some(), "unit registered");
     Unit {
+        reason: None,
         id: id.to_owned(),
         unit_type: roster.map(|r| r.unit_type).or(unit_type).unwrap_or(UnitType::PatrolCar),
         jurisdiction: roster.map_or_else(

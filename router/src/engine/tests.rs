@@ -5,7 +5,7 @@ use super::*;
 use crate::incident::{MAX_TIMELINE, TIMELINE_HEAD, derive_status, trim_timeline};
 use crate::index::SpatialIndex;
 use crate::travel::StraightLine;
-use bus::model::{IncidentUnit, InputEvent, TimelineEntry, UnitRole, UnitStatus};
+use bus::model::{IncidentUnit, InputEvent, Location, TimelineEntry, UnitRole, UnitStatus};
 use chrono::{TimeZone, Utc};
 use serde_json::Map;
 use std::collections::HashSet;
@@ -75,6 +75,7 @@ fn a_long_timeline_keeps_its_head_and_its_newest_entries() {
 
 fn unit(id: &str, t: UnitType) -> Unit {
     Unit {
+        reason: None,
         id: id.into(),
         unit_type: t,
         jurisdiction: "quancheng".into(),

@@ -33,6 +33,9 @@ mod settle;
 use bus::model::{DeadLetter, Escalation, Incident, Task, Timestamp, Unit, UnitStatus};
 use bus::store::NearbyUnit;
 
+use crate::briefing;
+use crate::engine::Engine;
+
 pub(crate) use self::books::{Books, Wanted};
 pub use self::publish::{Publish, Recorder};
 pub use self::settle::SettleError;
@@ -287,9 +290,14 @@ impl<'b> Tx<'b> {
     }
 
     /// Requires, at the commit, that `unit` still works on `task` (a claim
-    /// this router did not make, such as one the reconciler undoes).
+    /// this router did not make, such as one the reconciler undoes or a
+    /// pre-emption takes over). A unit this batch already changed is this
+    /// router's: the Store does not hold its claim yet, so nothing is
+    /// checked (the check would fail the batch that makes the claim).
     pub fn expect_claim(&mut self, unit: &str, task: &str) {
-        self.expected.push((unit.to_owned(), task.to_owned()));
+        if self.staged_unit(unit).is_none() {
+            self.expected.push((unit.to_owned(), task.to_owned()));
+        }
     }
 
     pub fn put_incident(&mut self, incident: Incident) {
@@ -343,9 +351,41 @@ impl<'b> Tx<'b> {
 
     // ------------------------------------------------------------ finishing
 
-    /// Makes this transaction's outputs the router's state and queues
-    /// them for the next settle.
-    pub fn stage(self, now: Timestamp) -> anyhow::Result<()> {
+    /// Briefs again every open task of each incident this transaction
+    /// wrote ([`crate::briefing`]): a task whose briefing changed is written
+    /// with `changes` naming what. A task written for another reason (its
+    /// status moved) names nothing: `changes` is about one version only.
+    async fn brief_tasks(&mut self, engine: &Engine) -> anyhow::Result<()> {
+        for task in &mut self.tasks {
+            task.changes.clear();
+        }
+        let incidents = self.incidents.clone();
+        for incident in &incidents {
+            let point = engine.dispatch_point(incident);
+            for assigned in incident.units.iter().filter(|u| u.status.is_open()) {
+                let Some(mut task) = self.task(&assigned.task).await? else {
+                    continue;
+                };
+                if !task.status.is_open() {
+                    continue;
+                }
+                let changes = briefing::brief(&mut task, incident, point);
+                let written = self.tasks.iter().any(|t| t.id == task.id);
+                if !changes.is_empty() || written {
+                    // A task issued in this transaction is new to its unit:
+                    // nothing of it changed.
+                    task.changes = if task.version == 0 { Vec::new() } else { changes };
+                    self.put_task(task);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Briefs the tasks, makes this transaction's outputs the router's
+    /// state and queues them for the next settle.
+    pub async fn stage(mut self, engine: &Engine, now: Timestamp) -> anyhow::Result<()> {
+        self.brief_tasks(engine).await?;
         let Tx {
             books,
             partition,

@@ -95,6 +95,7 @@ pub async fn unit(ctx: &ServiceContext, id: &str, unit_type: UnitType, lat: f64,
             version: 0,
             speed_kmh: None,
             name: None,
+            reason: None,
         })
         .await
         .unwrap();
