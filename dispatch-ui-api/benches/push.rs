@@ -74,6 +74,12 @@ fn incident_json() -> Vec<u8> {
         feedback: None,
         follow_up_of: None,
         flags: Vec::new(),
+        callers: Vec::new(),
+        hold: false,
+        candidates: Vec::new(),
+        merged_into: None,
+        merged: Vec::new(),
+        split_from: None,
     };
     serde_json::to_vec(&incident).expect("an incident serialises")
 }

@@ -69,12 +69,13 @@ pub fn may_read(claims: &Claims) -> bool {
     matches!(claims.role, Role::Operator | Role::Analyst | Role::Admin)
 }
 
-/// Roles that may command incidents (assign, divert, escalate, close).
+/// Roles that may command incidents (assign, divert, escalate, close,
+/// update, note, reopen, merge, split, hold) and create them.
 pub fn may_command_incidents(claims: &Claims) -> bool {
     matches!(claims.role, Role::Operator | Role::Admin)
 }
 
-/// May `claims` act for unit `unit` (ack, status, position)?
+/// May `claims` act for unit `unit` (ack, status, position, refuse, note)?
 pub fn may_act_for_unit(claims: &Claims, unit: &str) -> bool {
     claims.role == Role::Admin || (claims.role == Role::Unit && claims.unit.as_deref() == Some(unit))
 }

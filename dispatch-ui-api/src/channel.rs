@@ -417,6 +417,23 @@ mod tests {
             feedback: None,
             follow_up_of: None,
             flags: Vec::new(),
+            callers: vec![Caller {
+                phone: Some("13800000000".into()),
+                name: None,
+            }],
+            hold: true,
+            candidates: vec![Recommendation {
+                unit: "u-1".into(),
+                unit_type: UnitType::PatrolCar,
+                eta_s: 90,
+                in_time: true,
+                distance_m: 800.0,
+                task: None,
+                task_priority: None,
+            }],
+            merged_into: None,
+            merged: vec!["i-0".into()],
+            split_from: None,
         };
         let task = Task {
             id: "t-1".into(),
@@ -432,6 +449,11 @@ mod tests {
             status: TaskStatus::Issued,
             jurisdiction: "quancheng".into(),
             updated_at: now,
+            incident_kind: "robbery".into(),
+            caller: None,
+            other_units: vec!["u-2".into()],
+            changes: vec!["priority".into()],
+            reason: None,
         };
         let unit = Unit {
             id: "u-1".into(),
@@ -445,6 +467,7 @@ mod tests {
             version: 0,
             speed_kmh: None,
             name: None,
+            reason: None,
         };
         vec![
             (PushKind::Incident, serde_json::to_value(&incident).unwrap()),

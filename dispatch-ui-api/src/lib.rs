@@ -34,6 +34,7 @@ use bus::geo::CityMap;
 use bus::kafka::{Consumer, Producer, ensure_topics};
 use bus::store::{HistoryLimits, SharedStore};
 use bus::topics::{Topic, Topics};
+use bus::validate::InputRules;
 use bus::{Brokers, Config, ServiceContext, Supervisor};
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +50,8 @@ pub(crate) struct AppState {
     pub hub: Arc<hub::Hub>,
     pub view: Arc<view::View>,
     pub city: Arc<CityMap>,
+    /// Ingest's validation rules: `create` makes its event through them.
+    pub rules: Arc<InputRules>,
     pub cells: Arc<Vec<stats::Cell>>,
     pub topics: Topics,
     pub brokers: Brokers,
@@ -105,6 +108,7 @@ pub async fn start(ctx: &ServiceContext, sup: &mut Supervisor) -> anyhow::Result
         hub: Arc::new(hub::Hub::default()),
         view: Arc::new(view::View::default()),
         city,
+        rules: Arc::new(InputRules::new(&config)),
         cells,
         topics: ctx.topics.clone(),
         brokers: ctx.brokers.clone(),
@@ -152,10 +156,16 @@ struct ProducerGuard {
 fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(ws::upgrade))
-        .route("/api/v1/incidents", get(rest::list_incidents))
+        .route(
+            "/api/v1/incidents",
+            get(rest::list_incidents).post(rest::create_incident),
+        )
         .route("/api/v1/incidents/{id}", get(rest::get_incident))
+        .route("/api/v1/incidents/{id}/candidates", get(rest::get_candidates))
         .route("/api/v1/incidents/{id}/{op}", post(rest::incident_command))
         .route("/api/v1/tasks/{id}/ack", post(rest::task_ack))
+        .route("/api/v1/tasks/{id}/refuse", post(rest::task_refuse))
+        .route("/api/v1/tasks/{id}/note", post(rest::task_note))
         .route("/api/v1/units", get(rest::list_units))
         .route("/api/v1/units/{id}/status", post(rest::unit_status))
         .route("/api/v1/stats", get(rest::get_stats))

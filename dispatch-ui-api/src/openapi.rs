@@ -15,8 +15,12 @@ use crate::rest;
     paths(
         rest::list_incidents,
         rest::get_incident,
+        rest::get_candidates,
         rest::incident_command,
+        rest::create_incident,
         rest::task_ack,
+        rest::task_refuse,
+        rest::task_note,
         rest::list_units,
         rest::unit_status,
         rest::get_stats,
@@ -24,7 +28,7 @@ use crate::rest;
         rest::get_info,
         rest::get_jurisdictions,
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, rest::AcceptedBody, rest::CandidatesBody)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bus::model::{Incident, Role, Unit};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -131,14 +131,56 @@ pub async fn get_incident(
     p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Incident>, ApiError> {
-    require_read(&p)?;
-    let incident = find_incident(&state, &id).await?;
+    Ok(Json(visible_incident(&state, &p, &id).await?))
+}
+
+/// An incident the caller may read.
+async fn visible_incident(state: &AppState, p: &Principal, id: &str) -> Result<Incident, ApiError> {
+    require_read(p)?;
+    let incident = find_incident(state, id).await?;
     if !p.0.covers(&incident.jurisdiction) {
         return Err(ApiError::Forbidden(format!(
             "incident {id} is not in your jurisdictions"
         )));
     }
-    Ok(Json(incident))
+    Ok(incident)
+}
+
+/// The router's ranking of units for one incident.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CandidatesBody {
+    pub incident: String,
+    /// Automatic dispatch is held for the incident.
+    pub hold: bool,
+    /// The configured dispatch mode of the incident's priority: `auto` or
+    /// `recommend`.
+    #[schema(value_type = String)]
+    pub mode: bus::config::DispatchMode,
+    /// Best first, as the router wrote them on the incident (`unit`,
+    /// `type`, `eta_s`, `in_time`, `distance_m`, and for a busy unit the
+    /// `task` it would be taken off and its `task_priority`).
+    #[schema(value_type = Vec<Object>)]
+    pub candidates: Vec<bus::model::Recommendation>,
+}
+
+/// The units the router recommends for an incident. The api never ranks
+/// units itself: it serves what the router last wrote on the incident.
+#[utoipa::path(get, path = "/api/v1/incidents/{id}/candidates",
+    params(("id" = String, Path, description = "incident id")),
+    responses((status = 200, description = "the router's ranked candidates, empty when it is not waiting for an operator", body = CandidatesBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_candidates(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<CandidatesBody>, ApiError> {
+    let incident = visible_incident(&state, &p, &id).await?;
+    Ok(Json(CandidatesBody {
+        mode: state.config.dispatch.mode(incident.priority),
+        incident: incident.id,
+        hold: incident.hold,
+        candidates: incident.candidates,
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/units",
@@ -208,18 +250,29 @@ pub async fn get_coverage(State(state): State<AppState>, p: Principal) -> Result
 }
 
 #[utoipa::path(get, path = "/api/v1/info",
-    responses((status = 200, description = "version, brokers, store kind, topics"), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "version, brokers, store kind, topics; `dispatch`: `stale_after_s` \
+(a unit not heard from for longer is not dispatched: the board marks it stale), `mode` by priority \
+(`auto` or `recommend`), `preempt_for`, `preempt_from`"), (status = 401, body = ErrorBody)))]
 pub async fn get_info(State(state): State<AppState>, _p: Principal) -> Json<Value> {
     let topics: serde_json::Map<String, Value> = bus::topics::Topic::ALL
         .into_iter()
         .map(|t| (t.suffix().to_owned(), Value::String(state.topics.name(t))))
         .collect();
+    let dispatch = &state.config.dispatch;
+    // Every priority, also those the configuration leaves at the default.
+    let mode: serde_json::Map<String, Value> = (1..=4u8).map(|p| (p.to_string(), json!(dispatch.mode(p)))).collect();
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "kafka": {"brokers": state.brokers.bootstrap(), "embedded": state.brokers.is_embedded()},
         "store": state.store.kind(),
         "topics": topics,
         "instance": state.instance,
+        "dispatch": {
+            "stale_after_s": dispatch.stale_after_s,
+            "mode": mode,
+            "preempt_for": dispatch.preempt_for,
+            "preempt_from": dispatch.preempt_from,
+        },
     }))
 }
 
@@ -269,13 +322,37 @@ async fn command(
         map.insert(field.into(), Value::String(id));
     }
     let command = crate::commands::parse(Value::Object(map))?;
-    let id = crate::commands::execute(state, &p.0, command, unit).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true, "action": id }))).into_response())
+    let published = crate::commands::execute(state, &p.0, command, unit).await?;
+    let body = AcceptedBody {
+        ok: true,
+        action: published.action,
+        event: published.event,
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
+/// The reply to a command: published, not yet applied (the router's new
+/// state arrives as pushes).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AcceptedBody {
+    pub ok: bool,
+    /// The action's id on the actions topic; for `create`, the event's.
+    pub action: String,
+    /// `create` only: the id of the `report` event on the events topic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+}
+
+/// The ops of `POST /api/v1/incidents/{id}/{op}`.
+const INCIDENT_OPS: [&str; 10] = [
+    "assign", "divert", "escalate", "close", "update", "note", "reopen", "merge", "split", "hold",
+];
+
 #[utoipa::path(post, path = "/api/v1/incidents/{id}/{op}",
-    params(("id" = String, Path, description = "incident id"), ("op" = String, Path, description = "assign, divert, escalate or close")),
-    responses((status = 202, description = "published to the actions topic"),
+    params(("id" = String, Path, description = "incident id"),
+        ("op" = String, Path, description = "assign, divert, escalate, close, update, note, reopen, merge, split or hold; \
+the body holds the command's other fields (see asyncapi.yaml)")),
+    responses((status = 202, description = "published to the actions topic", body = AcceptedBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn incident_command(
@@ -284,14 +361,28 @@ pub async fn incident_command(
     Path((id, op)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if !["assign", "divert", "escalate", "close"].contains(&op.as_str()) {
+    if !INCIDENT_OPS.contains(&op.as_str()) {
         return Err(ApiError::NotFound(format!("no command {op} on incidents")));
     }
     command(&state, &p, &op, Some(("incident", id)), &body, None).await
 }
 
+/// `create`: an operator opens an incident for a walk-in or radio report.
+/// Not an action: a `report` event on the events topic, the operator as
+/// `attrs.reporter`; the router makes the incident as from any event.
+#[utoipa::path(post, path = "/api/v1/incidents",
+    request_body(content = Object, description = "`kind` (a configured category) and `text` required; optional \
+`location` {lat, lon, address} in one of the caller's jurisdictions (without one the report goes to the fallback \
+jurisdiction, unlocated) and `caller` {phone, name}"),
+    responses((status = 202, description = "the report event is on the events topic", body = AcceptedBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn create_incident(State(state): State<AppState>, p: Principal, body: Bytes) -> Result<Response, ApiError> {
+    command(&state, &p, "create", None, &body, None).await
+}
+
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/ack",
-    responses((status = 202, description = "published to the actions topic"),
+    responses((status = 202, description = "published to the actions topic", body = AcceptedBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn task_ack(
@@ -306,8 +397,48 @@ pub async fn task_ack(
     command(&state, &p, "ack", Some(("task", id)), &body, unit.as_deref()).await
 }
 
+/// `refuse`: a unit refuses a task it has not reached, with a `reason`;
+/// the router cancels it and sends another unit.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/refuse",
+    params(("id" = String, Path, description = "task id")),
+    request_body(content = Object, description = "`reason` (required)"),
+    responses((status = 202, description = "published to the actions topic", body = AcceptedBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn task_refuse(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // An admin refuses for the task's own unit.
+    let refuse = bus::model::Command::Refuse {
+        task: id.clone(),
+        reason: String::new(),
+    };
+    let unit = crate::commands::acting_unit(&state, &p.0, &refuse);
+    command(&state, &p, "refuse", Some(("task", id)), &body, unit.as_deref()).await
+}
+
+/// `note` about a task: from its unit, or from an operator (the note goes
+/// on the task's incident).
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/note",
+    params(("id" = String, Path, description = "task id")),
+    request_body(content = Object, description = "`text` (required)"),
+    responses((status = 202, description = "published to the actions topic", body = AcceptedBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn task_note(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    command(&state, &p, "note", Some(("task", id)), &body, None).await
+}
+
 #[utoipa::path(post, path = "/api/v1/units/{id}/status",
-    responses((status = 202, description = "published to the actions topic"),
+    responses((status = 202, description = "published to the actions topic", body = AcceptedBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn unit_status(

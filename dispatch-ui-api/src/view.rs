@@ -110,6 +110,7 @@ impl View {
             // what it committed): what the unit does stays as held.
             unit.status = held.status;
             unit.task.clone_from(&held.task);
+            unit.reason.clone_from(&held.reason);
             unit.version = held.version;
         }
         if let Some(held) = inner.units.get(&unit.id)
@@ -195,6 +196,11 @@ mod tests {
             status,
             jurisdiction: "quancheng".into(),
             updated_at: now,
+            incident_kind: "theft".into(),
+            caller: None,
+            other_units: Vec::new(),
+            changes: Vec::new(),
+            reason: None,
         }
     }
 
@@ -241,6 +247,7 @@ mod tests {
             version: 0,
             speed_kmh: None,
             name: None,
+            reason: None,
         }
     }
 

@@ -40,6 +40,12 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// History entries read per Store round trip on resume.
 const PAGE: usize = 500;
+/// The ops that are commands (`crate::commands`), as opposed to the
+/// connection's own (subscribe, unsubscribe, ping).
+const COMMAND_OPS: [&str; 15] = [
+    "ack", "status", "position", "assign", "divert", "escalate", "close", "update", "note", "reopen", "merge", "split",
+    "hold", "refuse", "create",
+];
 /// Commands one connection may have waiting for Kafka at once.
 const MAX_INFLIGHT: usize = 8;
 /// Channels one connection may hold.
@@ -300,9 +306,7 @@ impl Connection {
                 }
                 self.send_json(socket, &with_id(json!({"type": "ok"}), &id)).await
             }
-            Some("ack" | "status" | "position" | "assign" | "divert" | "escalate" | "close") => {
-                self.command(socket, id, map).await
-            }
+            Some(op) if COMMAND_OPS.contains(&op) => self.command(socket, id, map).await,
             Some(other) => {
                 let e = ApiError::bad_field("op", format!("unknown op {other}"));
                 self.refuse(socket, id, &e).await
@@ -340,7 +344,15 @@ impl Connection {
         tokio::spawn(async move {
             let unit = crate::commands::acting_unit(&state, &claims, &command);
             let reply = match crate::commands::execute(&state, &claims, command, unit.as_deref()).await {
-                Ok(_) => with_id(json!({"type": "ok"}), &id).to_string(),
+                Ok(published) => {
+                    // `action` (and `event` for `create`) let a client find
+                    // what it caused among the pushes.
+                    let mut ok = json!({"type": "ok", "action": published.action});
+                    if let Some(event) = published.event {
+                        ok["event"] = json!(event);
+                    }
+                    with_id(ok, &id).to_string()
+                }
                 Err(e) => error_reply(id.as_ref(), ws_code(&e), &e.public_message()),
             };
             // Capacity equals MAX_INFLIGHT, so this never waits for long;

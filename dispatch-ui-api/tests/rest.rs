@@ -8,7 +8,9 @@ mod common;
 use std::time::Duration;
 
 use bus::kafka::Consumer;
-use bus::model::{Action, Command, IncidentStatus, ReportedStatus, Role, SlaState, TaskStatus, UnitStatus, new_id};
+use bus::model::{
+    Action, AssignMode, Command, IncidentStatus, ReportedStatus, Role, SlaState, TaskStatus, UnitStatus, new_id,
+};
 use bus::testing::BrokerChoice;
 use bus::topics::Topic;
 use common::*;
@@ -207,7 +209,9 @@ async fn commands_are_published_keyed_by_jurisdiction_with_their_errors() {
         assign.command,
         Command::Assign {
             incident: open.id.clone(),
-            unit: u1.clone()
+            unit: u1.clone(),
+            mode: AssignMode::Replace,
+            preempt: false,
         }
     );
     let is_cleared = |a: &Action| {

@@ -237,6 +237,12 @@ pub fn incident(id: &str, jurisdiction: &str, version: u64, status: IncidentStat
         feedback: None,
         follow_up_of: None,
         flags: Vec::new(),
+        callers: Vec::new(),
+        hold: false,
+        candidates: Vec::new(),
+        merged_into: None,
+        merged: Vec::new(),
+        split_from: None,
     }
 }
 
@@ -256,6 +262,11 @@ pub fn task(id: &str, incident: &str, unit: &str, version: u64, status: TaskStat
         status,
         jurisdiction: "quancheng".into(),
         updated_at: now,
+        incident_kind: "theft".into(),
+        caller: None,
+        other_units: Vec::new(),
+        changes: Vec::new(),
+        reason: None,
     }
 }
 
@@ -272,6 +283,7 @@ pub fn unit(id: &str, jurisdiction: &str, status: UnitStatus) -> Unit {
         version: 0,
         speed_kmh: None,
         name: None,
+        reason: None,
     }
 }
 
