@@ -37,6 +37,9 @@
 
   const A = {};
   B.assign = A;
+  // The unit the operator picked; until they pick, the choice follows the
+  // ranking's best (the first answer may be the distance fallback).
+  let chosen = null;
 
   A.html = function () {
     return '<div class="assign" data-testid="assign-box">' +
@@ -79,7 +82,7 @@
       (stale ? ' <span class="tag stale" data-testid="badge-stale">' + Q.esc(Q.t('badge_stale')) + '</span>' : '') + '</label>';
   }
 
-  /** Redraws the list for `inc`, keeping the operator's choice. */
+  /** Redraws the list for `inc`, keeping the operator's own choice. */
   A.refresh = function (inc) {
     const box = $('a-list');
     if (!box) return;
@@ -92,11 +95,10 @@
     const rows = list.filter((c) => !B.isStale(B.units.get(c.unit))).concat(list.filter((c) => B.isStale(B.units.get(c.unit))));
     const html = rows.length ? rows.map(rowHtml).join('') : '<div class="dim" data-testid="no-candidate">' + Q.esc(Q.t('no_available')) + '</div>';
     if (box.dataset.html === html) return;
-    const keep = (box.querySelector('input[name=a-unit]:checked') || {}).value;
     box.innerHTML = html;
     box.dataset.html = html;
     const radios = [...box.querySelectorAll('input[name=a-unit]')];
-    const again = radios.find((r) => r.value === keep && !r.disabled) || radios.find((r) => !r.disabled);
+    const again = radios.find((r) => r.value === chosen && !r.disabled) || radios.find((r) => !r.disabled);
     if (again) again.checked = true;
     syncPreempt();
   };
@@ -114,7 +116,11 @@
     // the primary's task.
     const open = (inc.units || []).some((u) => !['cleared', 'cancelled'].includes(u.status));
     $('a-mode').value = open ? 'add' : 'replace';
-    $('a-list').addEventListener('change', syncPreempt);
+    chosen = null;
+    $('a-list').addEventListener('change', (ev) => {
+      if (ev.target.name === 'a-unit') chosen = ev.target.value;
+      syncPreempt();
+    });
     $('a-refresh').onclick = () => B.loadCandidates(inc.id, B.restError);
     $('a-assign').onclick = (ev) => {
       const r = document.querySelector('input[name=a-unit]:checked');

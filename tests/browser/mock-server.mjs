@@ -2,7 +2,13 @@
 // ingest POST /v1/events, the WebSocket protocol on /ws, the REST reads) with
 // canned Jinan data and a tiny, deterministic "router": nearest available
 // unit gets the task, ack meets the respond stage, and so on. It serves the
-// real pages from dispatch-ui-api/web/.
+// real pages from dispatch-ui-api/web/. Every command's op and fields are
+// checked as the api checks them (bus/src/model/command.rs refuses unknown
+// fields), so a page that sends a wrong field fails its test here; issue
+// #21's commands (update, note, reopen, merge, split, hold, assign with
+// mode and preempt, create, refuse) are applied roughly as the router
+// does, and tasks carry incident_kind, caller, other_units, changes and
+// reason.
 //
 // It exists so the pages can be developed and tested before, and without,
 // the Rust services. It is not a reference for the router's rules: where the
@@ -147,6 +153,8 @@ export async function startMock(opts = {}) {
   const cells = hexCells();
   const log = [];
   const subscribes = []; // {channel, since, gap} of every subscribe, for tests
+  // The router's dispatch.stale_after_s: a unit not heard from for longer is sent nowhere.
+  const staleAfterS = opts.staleAfterS || 900;
 
   const cursorOf = (n) => String(n).padStart(12, '0');
   const cellOf = (lat, lon) => {
@@ -190,30 +198,101 @@ export async function startMock(opts = {}) {
     pubIncident(inc);
   }
 
+  const isOpenTask = (t) => t && !['cleared', 'cancelled'].includes(t.status);
+  const etaS = (u, loc) => Math.round((haversine(u.lat, u.lon, loc.lat, loc.lon) * 1.4) / (SPEED_KMH[u.type] / 3.6));
+  const stale = (u) => Date.now() - Date.parse(u.at) > staleAfterS * 1000;
+
+  /** The units with an open task on `inc` but `unit`. */
+  function otherUnits(inc, unit) {
+    return inc.units.filter((x) => x.unit !== unit && isOpenTask(tasks.get(x.task))).map((x) => x.unit);
+  }
+
+  /** A new version of an open task, as the router sends it: the incident's fields copied, `changes` naming what moved. */
+  function taskVersion(t, changes, reason) {
+    const inc = incidents.get(t.incident);
+    t.version += 1;
+    t.updated_at = now();
+    if (inc) {
+      Object.assign(t, { priority: inc.priority, location: inc.location, summary: inc.text || inc.kind, incident_kind: inc.kind,
+        deadlines: inc.deadlines, other_units: otherUnits(inc, t.unit) });
+      if (inc.callers && inc.callers[0]) t.caller = inc.callers[0];
+    }
+    t.changes = changes || [];
+    if (reason) t.reason = reason;
+    else delete t.reason;
+    pubTask(t);
+  }
+
+  /** Tells every unit on `inc` (but `except`) that the incident changed. */
+  function tellUnits(inc, changes, except) {
+    for (const t of openTasksOf(inc)) if (t.id !== except) taskVersion(t, changes);
+  }
+
+  function cancelTask(t, reason) {
+    t.status = 'cancelled';
+    const inc = incidents.get(t.incident);
+    const iu = inc && inc.units.find((x) => x.task === t.id);
+    if (iu) iu.status = 'cancelled';
+    taskVersion(t, [], reason);
+    const u = units.get(t.unit);
+    if (u && u.task === t.id) {
+      Object.assign(u, { status: 'available', task: null, at: now() });
+      pubUnit(u);
+    }
+  }
+
   function issueTask(inc, unit, role, by) {
     const t = {
-      id: newId(), incident: inc.id, unit: unit.id, version: 1, kind: role === 'primary' ? 'respond' : 'reinforce',
+      id: newId(), incident: inc.id, unit: unit.id, version: 0, kind: role === 'primary' ? 'respond' : 'reinforce',
       priority: inc.priority, location: inc.location, summary: inc.text || inc.kind, issued_at: now(),
       deadlines: inc.deadlines, status: 'issued', jurisdiction: inc.jurisdiction, updated_at: now(), incident_kind: inc.kind,
     };
     tasks.set(t.id, t);
-    const eta = Math.round((haversine(unit.lat, unit.lon, inc.location.lat, inc.location.lon) * 1.4) / (SPEED_KMH[unit.type] / 3.6));
-    inc.units.push({ unit: unit.id, task: t.id, role, status: 'issued', eta_s: eta });
+    inc.units.push({ unit: unit.id, task: t.id, role, status: 'issued', eta_s: etaS(unit, inc.location) });
     if (inc.status === 'new') inc.status = 'dispatched';
     timeline(inc, 'task issued to ' + unit.id, by);
     Object.assign(unit, { status: 'assigned', task: t.id, at: now() });
-    pubTask(t);
+    delete unit.reason;
+    taskVersion(t, []);
     pubUnit(unit);
+    // The others on it learn of the new unit.
+    tellUnits(inc, ['units'], t.id);
   }
 
-  function nearestAvailable(loc) {
+  function nearestAvailable(loc, except) {
     let best = null;
     for (const u of units.values()) {
-      if (u.status !== 'available') continue;
-      const s = (haversine(u.lat, u.lon, loc.lat, loc.lon) * 1.4) / (SPEED_KMH[u.type] / 3.6);
+      if (u.status !== 'available' || stale(u) || (except || []).includes(u.id)) continue;
+      const s = etaS(u, loc);
       if (!best || s < best.s) best = { u, s };
     }
     return best && best.u;
+  }
+
+  /** The router's ranking for `inc`: available units, then those on a task of lower priority (pre-emption), by travel time. */
+  function candidatesFor(inc) {
+    // opts.noRanking: an api whose router ranks nothing (the board falls back to distance).
+    if (!inc.location || opts.noRanking) return [];
+    const left = (Date.parse(inc.deadlines.arrive) - Date.now()) / 1000;
+    const out = [];
+    for (const u of units.values()) {
+      if (stale(u)) continue;
+      const t = u.task && tasks.get(u.task);
+      const c = { unit: u.id, type: u.type, eta_s: etaS(u, inc.location), distance_m: haversine(u.lat, u.lon, inc.location.lat, inc.location.lon) };
+      c.in_time = c.eta_s <= left;
+      if (u.status === 'available') out.push(c);
+      else if (t && isOpenTask(t) && t.incident !== inc.id && t.priority > inc.priority) out.push(Object.assign(c, { task: t.id, task_priority: t.priority }));
+    }
+    return out.sort((a, b) => a.eta_s - b.eta_s).slice(0, 6);
+  }
+
+  /** Sends the nearest unit unless the incident is held (then ranks units for an operator). */
+  function dispatch(inc, except) {
+    if (inc.hold) { inc.candidates = candidatesFor(inc); return; }
+    inc.candidates = [];
+    if (!inc.location || openTasksOf(inc).length) return;
+    const u = nearestAvailable(inc.location, except);
+    if (u) issueTask(inc, u, 'primary');
   }
 
   function createIncident(ev, receivedAt) {
@@ -221,55 +300,49 @@ export async function startMock(opts = {}) {
     const [priority, desks] = CATEGORIES[kind];
     const t0 = Date.parse(receivedAt);
     const [r, a, f] = SLA[priority];
+    const loc = ev.location || null;
     const inc = {
       id: newId(), version: 1, status: 'new', priority, score: 100 - priority * 15, kind,
-      location: ev.location, jurisdiction: jurisdictionOf(ev.location.lat, ev.location.lon), cell: cellOf(ev.location.lat, ev.location.lon),
+      location: loc, jurisdiction: loc ? jurisdictionOf(loc.lat, loc.lon) : 'shiju', cell: loc ? cellOf(loc.lat, loc.lon) : null,
       desks: [...desks], events: [ev.id], repeat_count: 1, diverted_to: null, created_at: receivedAt, updated_at: receivedAt,
       deadlines: {
         respond: new Date(t0 + r * 1000).toISOString(), arrive: new Date(t0 + a * 1000).toISOString(),
         reinforce: new Date(t0 + f * 1000).toISOString(),
       },
       sla: { respond: 'pending', arrive: 'pending', reinforce: 'pending' }, units: [], timeline: [], text: ev.text,
+      callers: ev.caller ? [ev.caller] : [], flags: loc ? [] : ['unlocated'], hold: !!ev.hold,
     };
     incidents.set(inc.id, inc);
     timeline(inc, 'incident created from ' + ev.source, 'router');
-    const u = nearestAvailable(inc.location);
-    if (u) issueTask(inc, u, 'primary');
+    dispatch(inc);
     pubIncident(inc);
     return inc;
   }
 
   function openTasksOf(inc) {
-    return inc.units.map((x) => tasks.get(x.task)).filter((t) => t && !['cleared', 'cancelled'].includes(t.status));
+    return inc.units.map((x) => tasks.get(x.task)).filter(isOpenTask);
   }
 
-  function endIncident(inc, status, by) {
-    for (const t of openTasksOf(inc)) {
-      t.status = 'cancelled';
-      t.version += 1;
-      t.updated_at = now();
-      const iu = inc.units.find((x) => x.task === t.id);
-      if (iu) iu.status = 'cancelled';
-      const u = units.get(t.unit);
-      if (u && u.task === t.id) Object.assign(u, { status: 'available', task: null, at: now() });
-      pubTask(t);
-      if (u) pubUnit(u);
-    }
+  function endIncident(inc, status, by, reason) {
+    for (const t of openTasksOf(inc)) cancelTask(t, reason || 'incident ' + status);
     inc.status = status;
+    inc.candidates = [];
     for (const s of ['respond', 'arrive', 'reinforce']) if (inc.sla[s] === 'pending') inc.sla[s] = 'n/a';
     timeline(inc, status, by);
     bump(inc);
   }
 
-  function taskMoved(t, status, by) {
+  function escalation(inc, kind, message, by, extra) {
+    publish('board', 'escalation', Object.assign({ id: newId(), incident: inc.id, jurisdiction: inc.jurisdiction, at: now(), kind, message, by }, extra || {}));
+  }
+
+  function taskMoved(t, status, by, note) {
     const inc = incidents.get(t.incident);
     const rank = { issued: 0, acknowledged: 1, en_route: 2, on_scene: 3, cleared: 4, cancelled: 4 };
     if (['cleared', 'cancelled'].includes(t.status) || rank[status] <= rank[t.status]) {
       return { code: 'conflict', message: 'task is ' + t.status + ', cannot become ' + status };
     }
     t.status = status;
-    t.version += 1;
-    t.updated_at = now();
     const u = units.get(t.unit);
     if (u) {
       u.status = status === 'cleared' ? 'available' : status === 'acknowledged' ? 'assigned' : status;
@@ -289,25 +362,92 @@ export async function startMock(opts = {}) {
       }
       if (status !== 'cleared') inc.status = status;
       else if (!openTasksOf(inc).length) inc.status = 'resolved';
-      timeline(inc, t.unit + ' ' + status, by);
+      timeline(inc, t.unit + ' ' + status + (note ? ': ' + note : ''), by);
     }
-    pubTask(t);
+    taskVersion(t, []);
     if (u) pubUnit(u);
     if (inc) bump(inc);
     return null;
   }
 
+  // ---- what a command may carry (bus/src/model/command.rs, deny_unknown_fields) ----
+
+  const FIELDS = {
+    ack: { task: 'id!' },
+    status: { status: ['available', 'en_route', 'on_scene', 'cleared', 'busy', 'off_duty', 'out_of_service', '!'], task: 'id', lat: 'num', lon: 'num', note: 'text', type: 'str', reason: 'text' },
+    position: { lat: 'num!', lon: 'num!' },
+    assign: { incident: 'id!', unit: 'id!', mode: ['add', 'replace'], preempt: 'bool' },
+    divert: { incident: 'id!', to: 'id!' },
+    escalate: { incident: 'id!', desk: 'str', unit_type: 'str', note: 'text' },
+    close: { incident: 'id!', disposition: 'text!', feedback: ['satisfied', 'unsatisfied'] },
+    update: { incident: 'id!', priority: 'prio', kind: 'str', text: 'text', location: 'loc', reason: 'text' },
+    note: { incident: 'id', task: 'id', text: 'text!' },
+    reopen: { incident: 'id!', reason: 'text!' },
+    merge: { incident: 'id!', from: 'id!' },
+    split: { incident: 'id!', events: 'ids!', reason: 'text' },
+    hold: { incident: 'id!', hold: 'bool', reason: 'text' },
+    refuse: { task: 'id!', reason: 'text!' },
+    create: { kind: 'str!', text: 'text!', location: 'loc', caller: 'caller' },
+  };
+
+  const nonEmpty = (v) => typeof v === 'string' && v.trim() !== '';
+  const TYPES = {
+    id: nonEmpty, str: nonEmpty, text: (v) => typeof v === 'string', num: (v) => typeof v === 'number' && isFinite(v),
+    bool: (v) => typeof v === 'boolean', prio: (v) => Number.isInteger(v) && v >= 1 && v <= 4,
+    ids: (v) => Array.isArray(v) && v.length > 0 && v.every(nonEmpty),
+    loc: (v) => v && typeof v === 'object' && TYPES.num(v.lat) && TYPES.num(v.lon) && Object.keys(v).every((k) => ['lat', 'lon', 'address'].includes(k)),
+    caller: (v) => v && typeof v === 'object' && Object.keys(v).every((k) => ['phone', 'name'].includes(k) && typeof v[k] === 'string'),
+  };
+
+  /** null, or the bad_request the api would answer for a field of `m`. */
+  function checkFields(m) {
+    const spec = FIELDS[m.op];
+    if (!spec) return { code: 'bad_request', message: 'unknown op ' + m.op };
+    for (const k of Object.keys(m)) {
+      if (k !== 'op' && !(k in spec)) return { code: 'bad_request', message: 'unknown field `' + k + '` for ' + m.op };
+    }
+    for (const [k, rule] of Object.entries(spec)) {
+      const required = Array.isArray(rule) ? rule.includes('!') : rule.endsWith('!');
+      if (m[k] === undefined) {
+        if (required) return { code: 'bad_request', message: 'missing field `' + k + '`' };
+        continue;
+      }
+      const ok = Array.isArray(rule) ? rule.includes(m[k]) && m[k] !== '!' : TYPES[rule.replace('!', '')](m[k]);
+      if (!ok) return { code: 'bad_request', message: k + ': invalid value ' + JSON.stringify(m[k]) };
+      if (required && rule === 'text!' && !nonEmpty(m[k])) return { code: 'bad_request', message: k + ': must not be empty' };
+    }
+    if (m.op === 'update') {
+      if (!['priority', 'kind', 'text', 'location'].some((k) => m[k] !== undefined)) return { code: 'bad_request', message: 'update needs priority, kind, text or location' };
+      if (m.priority !== undefined && !nonEmpty(m.reason)) return { code: 'bad_request', message: 'reason: required with priority' };
+    }
+    if (m.op === 'status' && m.status === 'out_of_service' && !nonEmpty(m.reason)) return { code: 'bad_request', message: 'reason: required for out_of_service' };
+    if (m.op === 'escalate' && !m.desk && !m.unit_type) return { code: 'bad_request', message: 'desk or unit_type is required' };
+    return null;
+  }
+
+  const OPERATOR_OPS = ['assign', 'divert', 'escalate', 'close', 'update', 'reopen', 'merge', 'split', 'hold', 'create'];
+
   // Returns null on success or {code, message}.
   function command(c, m) {
+    const bad = checkFields(m);
+    if (bad) return bad;
     const isOp = c.role === 'operator' || c.role === 'admin';
     const isUnit = c.role === 'unit' || c.role === 'admin';
     const by = c.sub;
-    const inc = m.incident ? incidents.get(m.incident) : null;
-    if (['assign', 'divert', 'escalate', 'close'].includes(m.op)) {
+    if (OPERATOR_OPS.includes(m.op) || (m.op === 'note' && m.incident)) {
       if (!isOp) return { code: 'forbidden', message: 'role ' + c.role + ' may not ' + m.op };
+    }
+    if (m.op === 'create') {
+      const ev = { id: newId(), source: 'report', source_id: 'op-' + newId(), kind: m.kind, text: m.text, location: m.location, caller: m.caller };
+      createIncident(ev, now());
+      return null;
+    }
+    const inc = m.incident ? incidents.get(m.incident) : null;
+    if (m.incident) {
       if (!inc) return { code: 'not_found', message: 'no incident ' + m.incident };
       if (!covers(c, inc.jurisdiction)) return { code: 'forbidden', message: 'not your jurisdiction' };
-      if (['closed', 'diverted'].includes(inc.status)) return { code: 'conflict', message: 'incident is ' + inc.status };
+      const closed = ['closed', 'diverted'].includes(inc.status);
+      if (m.op === 'reopen' ? !(closed || inc.status === 'resolved') : closed) return { code: 'conflict', message: 'incident is ' + inc.status };
     }
     switch (m.op) {
       case 'ack': case 'status': case 'position': {
@@ -319,40 +459,151 @@ export async function startMock(opts = {}) {
           const want = m.op === 'ack' ? 'acknowledged' : m.status;
           if (!['acknowledged', 'en_route', 'on_scene', 'cleared'].includes(want)) return { code: 'bad_request', message: 'status ' + want + ' with a task' };
           if (isFinite(m.lat) && isFinite(m.lon)) { const u = units.get(t.unit); if (u) Object.assign(u, { lat: m.lat, lon: m.lon }); }
-          return taskMoved(t, want, by);
+          return taskMoved(t, want, by, m.note);
         }
         const id = c.unit;
         if (!id) return { code: 'bad_request', message: 'no unit in the token' };
         let u = units.get(id);
         if (m.op === 'position') {
-          if (!isFinite(m.lat) || !isFinite(m.lon)) return { code: 'bad_request', message: 'lat and lon are required' };
           if (!u) return { code: 'not_found', message: 'unit ' + id + ' is not on duty' };
           Object.assign(u, { lat: m.lat, lon: m.lon, at: now() });
           pubUnit(u);
           return null;
         }
-        if (!['available', 'busy', 'off_duty'].includes(m.status)) return { code: 'bad_request', message: 'status ' + m.status + ' needs a task' };
+        if (!['available', 'busy', 'off_duty', 'out_of_service'].includes(m.status)) return { code: 'bad_request', message: 'status ' + m.status + ' needs a task' };
         if (m.status === 'available' && (!isFinite(m.lat) || !isFinite(m.lon))) return { code: 'bad_request', message: 'available needs lat and lon' };
         if (!u) {
-          u = { id, type: m.type || 'patrol_car', jurisdiction: jurisdictionOf(m.lat, m.lon), status: 'off_duty', lat: m.lat, lon: m.lon, at: now(), task: null };
+          u = { id, type: m.type || 'patrol_car', jurisdiction: jurisdictionOf(m.lat, m.lon), status: 'off_duty', lat: m.lat, lon: m.lon, at: now(), task: null, version: 0 };
           units.set(id, u);
         }
         if (u.task && m.status !== 'busy') return { code: 'conflict', message: 'unit has an open task' };
         Object.assign(u, { status: m.status, at: now() }, isFinite(m.lat) ? { lat: m.lat, lon: m.lon } : {});
+        if (m.reason) u.reason = m.reason; else delete u.reason;
+        u.version = (u.version || 0) + 1;
         pubUnit(u);
+        return null;
+      }
+      case 'refuse': {
+        if (!isUnit) return { code: 'forbidden', message: 'role ' + c.role + ' may not refuse' };
+        const t = tasks.get(m.task);
+        if (!t) return { code: 'not_found', message: 'no task ' + m.task };
+        if (c.role === 'unit' && t.unit !== c.unit) return { code: 'forbidden', message: 'not your task' };
+        if (!['issued', 'acknowledged', 'en_route'].includes(t.status)) return { code: 'conflict', message: 'task is ' + t.status };
+        const ti = incidents.get(t.incident);
+        cancelTask(t, 'refused: ' + m.reason);
+        timeline(ti, t.unit + ' refused: ' + m.reason, by);
+        escalation(ti, 'refused', t.unit + ' refused: ' + m.reason, by);
+        ti.refused = (ti.refused || []).concat(t.unit);
+        dispatch(ti, ti.refused);
+        bump(ti);
+        return null;
+      }
+      case 'note': {
+        if (m.task || !m.incident) {
+          if (!isUnit) return { code: 'forbidden', message: 'role ' + c.role + ' may not note a task' };
+          const u = units.get(c.unit);
+          const t = tasks.get(m.task || (u && u.task));
+          if (!t) return { code: 'not_found', message: 'no task ' + (m.task || '') };
+          if (c.role === 'unit' && t.unit !== c.unit) return { code: 'forbidden', message: 'not your task' };
+          const ti = incidents.get(t.incident);
+          timeline(ti, 'note from ' + t.unit + ': ' + m.text, by);
+          bump(ti);
+          return null;
+        }
+        timeline(inc, 'note: ' + m.text, by);
+        bump(inc);
         return null;
       }
       case 'assign': {
         const u = units.get(m.unit);
         if (!u) return { code: 'not_found', message: 'no unit ' + m.unit };
+        const busyWith = u.task && tasks.get(u.task);
         if (u.status !== 'available') {
-          // As in qzx: the api publishes the command (ok), the router
-          // rejects it and says so on the escalations topic.
-          publish('board', 'escalation', { id: newId(), incident: inc.id, jurisdiction: inc.jurisdiction, at: now(), kind: 'rejected',
-            message: 'unit ' + m.unit + ' is ' + u.status, by, action: newId() });
-          return null;
+          const canPreempt = m.preempt && busyWith && isOpenTask(busyWith) && busyWith.priority > inc.priority;
+          if (!canPreempt) {
+            // As in qzx: the api publishes the command (ok), the router
+            // rejects it and says so on the escalations topic.
+            escalation(inc, 'rejected', 'unit ' + m.unit + ' is ' + u.status, by, { action: newId() });
+            return null;
+          }
+          const other = incidents.get(busyWith.incident);
+          cancelTask(busyWith, 'pre-empted for a P' + inc.priority + ' incident');
+          if (other) {
+            timeline(other, u.id + ' pre-empted', by);
+            escalation(other, 'preempted', u.id + ' taken for a P' + inc.priority, by);
+            dispatch(other, [u.id]);
+            bump(other);
+          }
         }
-        issueTask(inc, u, inc.units.some((x) => x.role === 'primary' && !['cleared', 'cancelled'].includes(x.status)) ? 'reinforcement' : 'primary', by);
+        const primaries = openTasksOf(inc).filter((t) => inc.units.find((x) => x.task === t.id).role === 'primary');
+        if ((m.mode || 'replace') === 'replace') for (const t of primaries) cancelTask(t, 'replaced by ' + m.unit);
+        issueTask(inc, u, m.mode === 'add' && primaries.length ? 'reinforcement' : 'primary', by);
+        inc.candidates = inc.hold ? candidatesFor(inc) : [];
+        bump(inc);
+        return null;
+      }
+      case 'update': {
+        const changes = [];
+        if (m.priority !== undefined && m.priority !== inc.priority) { inc.priority = m.priority; changes.push('priority'); }
+        if (m.kind !== undefined && m.kind !== inc.kind) { inc.kind = m.kind; changes.push('kind'); }
+        if (m.text !== undefined && m.text !== inc.text) { inc.text = m.text; changes.push('text'); }
+        if (m.location !== undefined) {
+          inc.location = m.location;
+          inc.flags = (inc.flags || []).filter((f) => f !== 'unlocated');
+          changes.push('location');
+        }
+        timeline(inc, 'updated ' + changes.join(', ') + (m.reason ? ': ' + m.reason : ''), by);
+        tellUnits(inc, changes);
+        dispatch(inc);
+        bump(inc);
+        return null;
+      }
+      case 'hold':
+        inc.hold = m.hold !== false;
+        timeline(inc, (inc.hold ? 'dispatch held' : 'dispatch resumed') + (m.reason ? ': ' + m.reason : ''), by);
+        dispatch(inc);
+        bump(inc);
+        return null;
+      case 'reopen':
+        inc.status = inc.units.some((x) => isOpenTask(tasks.get(x.task))) ? 'dispatched' : 'new';
+        inc.diverted_to = null;
+        delete inc.disposition;
+        timeline(inc, 'reopened: ' + m.reason, by);
+        dispatch(inc);
+        bump(inc);
+        return null;
+      case 'merge': {
+        const from = incidents.get(m.from);
+        if (!from) return { code: 'not_found', message: 'no incident ' + m.from };
+        if (from.id === inc.id) return { code: 'bad_request', message: 'from: an incident cannot merge into itself' };
+        if (['closed', 'diverted'].includes(from.status)) return { code: 'conflict', message: 'incident ' + m.from + ' is ' + from.status };
+        inc.events.push(...from.events);
+        for (const cl of from.callers || []) if (!inc.callers.some((x) => x.phone && x.phone === cl.phone)) inc.callers.push(cl);
+        inc.repeat_count += from.repeat_count;
+        inc.merged = (inc.merged || []).concat(from.id);
+        for (const iu of from.units) {
+          const t = tasks.get(iu.task);
+          inc.units.push(Object.assign({}, iu, { role: 'reinforcement' }));
+          if (isOpenTask(t)) { t.incident = inc.id; taskVersion(t, ['merged']); }
+        }
+        from.units = [];
+        from.merged_into = inc.id;
+        from.disposition = 'merged into ' + inc.id;
+        endIncident(from, 'closed', by);
+        timeline(inc, 'merged ' + from.id, by);
+        tellUnits(inc, ['units']);
+        bump(inc);
+        return null;
+      }
+      case 'split': {
+        if (!m.events.every((e) => inc.events.includes(e))) return { code: 'bad_request', message: 'events: not all of them are on the incident' };
+        if (m.events.length >= inc.events.length) return { code: 'bad_request', message: 'events: at least one must stay' };
+        inc.events = inc.events.filter((e) => !m.events.includes(e));
+        const fresh = createIncident({ id: m.events[0], source: 'split', kind: inc.kind, location: inc.location, text: inc.text }, now());
+        fresh.events = [...m.events];
+        fresh.split_from = inc.id;
+        timeline(inc, 'split off ' + fresh.id + (m.reason ? ': ' + m.reason : ''), by);
+        bump(fresh);
         bump(inc);
         return null;
       }
@@ -361,15 +612,12 @@ export async function startMock(opts = {}) {
         endIncident(inc, 'diverted', by);
         return null;
       case 'escalate':
-        if (!m.desk && !m.unit_type) return { code: 'bad_request', message: 'desk or unit_type is required' };
         if (m.desk && !inc.desks.includes(m.desk)) inc.desks.push(m.desk);
         timeline(inc, 'escalated to ' + (m.desk || m.unit_type) + (m.note ? ': ' + m.note : ''), by);
-        publish('board', 'escalation', { id: newId(), incident: inc.id, jurisdiction: inc.jurisdiction, at: now(), kind: 'escalate',
-          desks: m.desk ? [m.desk] : [], unit_type: m.unit_type, message: m.note || 'escalated', by });
+        escalation(inc, 'escalate', m.note || 'escalated', by, { desks: m.desk ? [m.desk] : [], unit_type: m.unit_type });
         bump(inc);
         return null;
       case 'close':
-        if (!m.disposition) return { code: 'bad_request', message: 'disposition is required' };
         inc.disposition = m.disposition;
         if (m.feedback) inc.feedback = m.feedback;
         endIncident(inc, 'closed', by);
@@ -519,11 +767,22 @@ export async function startMock(opts = {}) {
       return send(res, accepted.length ? 202 : 400, { accepted, rejected });
     }
     if (req.method !== 'GET') return send(res, 404, { error: 'not_found', message: p });
+    const one = /^\/api\/v1\/incidents\/([^/]+)(\/candidates)?$/.exec(p);
+    if (one) {
+      const inc = incidents.get(decodeURIComponent(one[1]));
+      if (!inc) return send(res, 404, { error: 'not_found', message: 'incident ' + one[1] + ' not found' });
+      if (!covers(c, inc.jurisdiction)) return send(res, 403, { error: 'forbidden', message: 'not your jurisdiction' });
+      if (!one[2]) return send(res, 200, inc);
+      return send(res, 200, { incident: inc.id, hold: !!inc.hold, mode: 'auto', candidates: candidatesFor(inc) });
+    }
     switch (p) {
       case '/api/v1/incidents': {
         const st = url.searchParams.get('status') || 'open';
-        return send(res, 200, { incidents: [...incidents.values()].filter((i) => covers(c, i.jurisdiction) &&
-          (st === 'all' || (st === 'open') === !['closed', 'diverted'].includes(i.status))) });
+        // As rest.rs: newest first, at most `limit` (default 100).
+        const list = [...incidents.values()].filter((i) => covers(c, i.jurisdiction) &&
+          (st === 'all' || (st === 'open') === !['closed', 'diverted'].includes(i.status)))
+          .sort((a, b) => Date.parse(b.created_at) - Date.parse(a.created_at)).slice(0, Number(url.searchParams.get('limit') || 100));
+        return send(res, 200, { incidents: list });
       }
       case '/api/v1/units':
         return send(res, 200, { units: [...units.values()].filter((u) => (c.role === 'unit' ? u.id === c.unit : covers(c, u.jurisdiction))) });
@@ -533,7 +792,9 @@ export async function startMock(opts = {}) {
         return send(res, 200, { jurisdictions: JURISDICTIONS.map((j) => ({
           id: j.id, name: j.name, name_en: j.name_en, centre: { lat: j.centre[0], lon: j.centre[1] }, area: j.area.map(([lat, lon]) => ({ lat, lon })),
         })) });
-      case '/api/v1/info': return send(res, 200, { version: 'mock', kafka: { brokers: 'none', embedded: true }, store: 'mock' });
+      case '/api/v1/info':
+        return send(res, 200, { version: 'mock', kafka: { brokers: 'none', embedded: true }, store: 'mock',
+          dispatch: { stale_after_s: staleAfterS, mode: { 1: 'auto', 2: 'auto', 3: 'auto', 4: 'auto' } } });
       default: return send(res, 404, { error: 'not_found', message: p });
     }
   }
@@ -599,7 +860,8 @@ export async function startMock(opts = {}) {
     for (const u of units.values()) if (u.id !== 'quancheng-01') u.status = 'available';
     const ago = (s) => new Date(Date.now() - s * 1000).toISOString();
     const mk = (kind, lat, lon, address, text, ageS, extra) => {
-      const inc = createIncident({ id: newId(), source: 'call110', kind, location: { lat, lon, address }, text }, ago(ageS));
+      const caller = { phone: '1380000' + String(ageS).padStart(4, '0') };
+      const inc = createIncident({ id: newId(), source: 'call110', kind, location: { lat, lon, address }, text, caller }, ago(ageS));
       Object.assign(inc, extra || {});
       return inc;
     };

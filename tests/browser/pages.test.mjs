@@ -262,14 +262,14 @@ test('board: escalate reaches the board; a command the router rejects later is s
   assert.match(await page.locator('[data-testid=incident]').first().textContent(), /Criminal investigation/);
 
   // The api accepts an assign of a busy unit (ok); the router rejects it.
+  // (Not in the ranking: the router ranks only units it could send.)
+  await page.locator('[data-testid=assign-source][data-source]').waitFor();
+  // Inserted and clicked at once: a push may redraw the list.
   await page.evaluate(() => {
-    const sel = document.querySelector('[data-testid=assign-unit]');
-    const o = document.createElement('option');
-    o.value = 'daminghu-01';
-    sel.appendChild(o);
-    sel.value = 'daminghu-01';
+    document.querySelector('[data-testid=assign-list]').insertAdjacentHTML('afterbegin',
+      '<label data-testid="candidate"><input type="radio" name="a-unit" value="daminghu-01" checked></label>');
+    document.querySelector('[data-testid=assign]').click();
   });
-  await page.click('[data-testid=assign]');
   await page.locator('[data-testid=toast-error]', { hasText: 'Command rejected' }).waitFor({ timeout: 5000 });
   assert.match(await page.locator('[data-testid=toast-error]', { hasText: 'Command rejected' }).textContent(), /daminghu-01 is busy/);
   // Divert: the incident leaves the board.
