@@ -62,7 +62,7 @@ pub(crate) async fn preemptable(
 /// The router's ranking for an operator: the available units and those it
 /// may take from lower-priority tasks, best first (as [`Engine::rank`]
 /// orders them), at most `router.candidate_units`. Stale units and units
-/// already on the incident are left out.
+/// that are or were on the incident are left out.
 pub(crate) async fn ranking(
     tx: &Tx<'_>,
     engine: &Engine,
@@ -73,7 +73,9 @@ pub(crate) async fn ranking(
     let mut eligible = Vec::new();
     let mut leaving = std::collections::HashMap::new();
     for c in candidates {
-        if incident.units.iter().any(|u| u.unit == c.unit.id && u.status.is_open()) || engine.is_stale(&c.unit, now) {
+        // As `pick`: a unit that worked on it (or refused it) is not
+        // offered again.
+        if incident.units.iter().any(|u| u.unit == c.unit.id) || engine.is_stale(&c.unit, now) {
             continue;
         }
         if c.unit.status == UnitStatus::Available {
