@@ -349,7 +349,7 @@ async fn merge_moves_events_callers_and_units_and_split_takes_events_out() {
         closed.disposition.as_deref(),
         Some(format!("merged into {}", a.id).as_str())
     );
-    assert_eq!(merged.merged, [b.id.clone()]);
+    assert_eq!(merged.merged, std::slice::from_ref(&b.id));
     assert_eq!(merged.events.len(), 2);
     assert_eq!(merged.callers.len(), 2);
     let moved = merged.units.iter().find(|u| u.task == b_task).expect("b's unit moved");
@@ -379,7 +379,7 @@ async fn merge_moves_events_callers_and_units_and_split_takes_events_out() {
     assert_eq!(open.len(), 2);
     let c = open.iter().find(|i| i.id != a.id).unwrap();
     assert_eq!(c.split_from.as_deref(), Some(a.id.as_str()));
-    assert_eq!(c.events, [far_event.clone()]);
+    assert_eq!(c.events, std::slice::from_ref(&far_event));
     assert_eq!(c.units.len(), 1, "the split incident is dispatched");
     assert!(!incident(&ctx, &a.id).await.events.contains(&far_event));
 
