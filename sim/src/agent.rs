@@ -233,7 +233,15 @@ pub struct Agent {
     queue: VecDeque<TaskUpdate>,
     seen: HashSet<String>,
     seen_order: VecDeque<String>,
+    /// When the terminal last sent anything (for the heartbeat).
+    last_report: Duration,
 }
+
+/// A terminal on duty reports its position at least this often, moving or
+/// not: the router does not dispatch a unit it has not heard from for
+/// `dispatch.stale_after_s` (a dead terminal), so a parked unit must not
+/// look dead.
+const HEARTBEAT: Duration = Duration::from_secs(60);
 
 impl Agent {
     /// A unit at `home`, off duty until [`Agent::start`]. `seed` makes its
@@ -258,6 +266,7 @@ impl Agent {
             queue: VecDeque::new(),
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
+            last_report: Duration::ZERO,
         }
     }
 
@@ -284,6 +293,7 @@ impl Agent {
     pub fn start(&mut self, now: Duration) -> Output {
         let until = self.pause_until(now);
         self.phase = Phase::Available(Roam::Still { until });
+        self.last_report = now;
         Output {
             commands: vec![self.status(ReportedStatus::Available, None, Some(self.unit_type))],
             notes: vec![],
@@ -515,13 +525,20 @@ impl Agent {
     pub fn next_wake(&self) -> Option<Duration> {
         match &self.phase {
             Phase::OffDuty => None,
-            Phase::Available(Roam::Still { until }) => *until,
+            Phase::Available(Roam::Still { until }) => {
+                Some(until.map_or(self.heartbeat_due(), |u| u.min(self.heartbeat_due())))
+            }
             Phase::Available(Roam::Moving(drive)) | Phase::Driving { drive, .. } => {
                 Some(drive.next_position_at.min(drive.arrive_at()))
             }
             Phase::Pending { ack_at, .. } => Some(*ack_at),
-            Phase::OnScene { clear_at, .. } => Some(*clear_at),
+            Phase::OnScene { clear_at, .. } => Some((*clear_at).min(self.heartbeat_due())),
         }
+    }
+
+    /// When a unit standing still (parked, or on scene) reports next.
+    fn heartbeat_due(&self) -> Duration {
+        self.last_report + HEARTBEAT
     }
 
     /// Moves a drive on to `now`: the position report when one is due.
@@ -608,6 +625,15 @@ impl Agent {
                     self.stand_by(clear_at);
                     self.take_next(clear_at);
                 }
+            }
+        }
+        let still = matches!(self.phase, Phase::Available(Roam::Still { .. }) | Phase::OnScene { .. });
+        if !matches!(self.phase, Phase::OffDuty) {
+            if still && out.commands.is_empty() && now >= self.heartbeat_due() {
+                out.commands.push(self.position_command());
+            }
+            if !out.commands.is_empty() {
+                self.last_report = now;
             }
         }
         out
@@ -701,22 +727,37 @@ mod tests {
         );
         assert!(grid.distance_m(a.position(), [36.6680, 117.0300]) < 1e-6);
 
-        let clear_at = a.next_wake().unwrap();
+        // On scene: a heartbeat a minute until it clears.
+        let mut heartbeats = 0;
+        let clear_at = loop {
+            let wake = a.next_wake().unwrap();
+            let out = a.tick(wake);
+            if out.notes.contains(&Note::Cleared) {
+                assert_eq!(ops(&out), ["status Cleared", "status Available"]);
+                assert!(matches!(&out.commands[0], Command::Status { task: Some(t), .. } if t == "t1"));
+                break wake;
+            }
+            assert_eq!(ops(&out), ["position"], "only a heartbeat on scene");
+            heartbeats += 1;
+        };
         let stay = (clear_at - arrived).as_secs_f64();
         assert!((300.0..=1200.0).contains(&stay), "{stay}");
-        assert!(a.tick(clear_at - secs(1.0)).commands.is_empty());
-        let out = a.tick(clear_at);
-        assert_eq!(ops(&out), ["status Cleared", "status Available"]);
-        assert!(matches!(&out.commands[0], Command::Status { task: Some(t), .. } if t == "t1"));
+        assert!(
+            (heartbeats as f64 - stay / 60.0).abs() <= 1.0,
+            "{heartbeats} in {stay} s"
+        );
         assert!(a.is_available());
 
         // Then back home at patrol pace, reporting positions, and standing by.
         let home = [36.6611, 117.0170];
         let back = grid.path([36.6680, 117.0300], home).length_m() / (30.0 / 3.6 * 0.5);
         let mut last = clear_at;
-        while let Some(wake) = a.next_wake() {
-            last = wake;
-            a.tick(wake);
+        for _ in 0..10_000 {
+            if grid.distance_m(a.position(), home) < 1e-6 {
+                break;
+            }
+            last = a.next_wake().unwrap();
+            a.tick(last);
             assert!(a.is_available());
         }
         assert!(grid.distance_m(a.position(), home) < 1e-6);
@@ -752,11 +793,14 @@ mod tests {
             matches!(&out.commands[1], Command::Status { lat: Some(lat), lon: Some(lon), .. } if [*lat, *lon] == here)
         );
 
-        // A post stays at its post.
+        // A post stays at its post, and says so once a minute.
         let post = Behaviour::for_unit(UnitType::Post, 5.0, 0.0);
         let mut p = Agent::new("quancheng-p1", UnitType::Post, home, post, grid, 3);
         p.start(secs(0.0));
-        assert_eq!(p.next_wake(), None);
+        assert_eq!(p.next_wake(), Some(secs(60.0)));
+        assert_eq!(ops(&p.tick(secs(60.0))), ["position"]);
+        assert_eq!(p.position(), home);
+        assert_eq!(p.next_wake(), Some(secs(120.0)));
     }
 
     #[test]
