@@ -13,6 +13,14 @@
 //   5. the board recovers after the api is killed and restarted on the same port.
 // Screenshots of both pages at 1440x900 and 390x844 go to ./screenshots/.
 //
+// A second scenario (issue #21, operators steer incidents and units are
+// kept informed), on a qzx of its own: a unit refuses and another gets the
+// task; a priority raised on the board reaches that unit's terminal as a
+// change banner (and a beep); a held incident shows the router's ranking
+// and an operator adds a unit from it; a unit's note reaches the board's
+// timeline; a walk-in report is created, closed and reopened, merged in,
+// and split off again.
+//
 // Mock mode (QZX_MOCK=1, or QZX_BIN unset): the same steps against
 // mock-server.mjs, for developing the pages without the Rust services; its
 // screenshots are named mock-*.png.
@@ -60,6 +68,8 @@ async function freePort() {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+let starts = 0;
+
 /** `qzx all` as a child process that can be killed and started again on the same port. */
 async function startQzx() {
   const bin = path.resolve(process.env.QZX_BIN);
@@ -69,6 +79,8 @@ async function startQzx() {
     throw new Error('set TEST_KAFKA_BROKERS and TEST_REDIS_URL: step 5 restarts qzx, which needs state outside the process');
   }
   const port = await freePort();
+  // Each start its own topics, keys and groups: the tests do not share state.
+  const run = 'e2e' + rand + (++starts);
   // qzx reads every QZX_* variable as configuration and refuses unknown
   // ones, so the test's own (QZX_BIN, QZX_MOCK, QZX_SERVE_PAGES) and any
   // left in the shell must not reach it.
@@ -77,11 +89,11 @@ async function startQzx() {
     QZX_LISTEN: '127.0.0.1:' + port,
     QZX_KAFKA_BROKERS: brokers,
     QZX_REDIS_URL: redis,
-    QZX_TOPIC_PREFIX: 'e2e' + rand + '.',
+    QZX_TOPIC_PREFIX: run + '.',
     QZX_JWT_SECRET: crypto.randomBytes(24).toString('hex'),
     // Redis is shared with other runs: keep this run's keys apart.
-    QZX_REDIS__KEY_PREFIX: 'e2e' + rand + ':',
-    QZX_KAFKA__GROUP_PREFIX: 'e2e' + rand,
+    QZX_REDIS__KEY_PREFIX: run + ':',
+    QZX_KAFKA__GROUP_PREFIX: run,
     RUST_LOG: process.env.RUST_LOG || 'info',
   });
   const token = (...args) => execFileSync(bin, ['token', ...args], { env, encoding: 'utf8' }).trim();
@@ -155,9 +167,9 @@ function tail(logs) {
   return logs.join('').split('\n').slice(-60).join('\n');
 }
 
-async function startTarget() {
+async function startTarget(mockOpts) {
   if (MOCK) {
-    const m = await startMock({ seed: true });
+    const m = await startMock(mockOpts || { seed: true });
     return {
       url: m.url,
       tokens: m.tokens,
@@ -350,3 +362,172 @@ test('operator board and unit terminal, end to end in headless Chromium', { time
 async function errorsOf(page) {
   return (await page.locator('[data-testid=toast-error]').allTextContents()).join(' | ');
 }
+
+// ---- issue #21: operators steer incidents, units are kept informed -----------------
+
+/** A terminal page whose beeps (WebAudio oscillators) are counted. */
+async function countingTerminal(browser) {
+  const page = await browser.page('terminal', PHONE);
+  await page.addInitScript(() => {
+    window.__beeps = 0;
+    window.AudioContext = class {
+      constructor() { this.state = 'running'; this.currentTime = 0; this.destination = {}; }
+      resume() { return Promise.resolve(); }
+      createOscillator() { window.__beeps += 1; return { frequency: {}, connect: (g) => g, start() {}, stop() {} }; }
+      createGain() { return { gain: { setValueAtTime() {}, exponentialRampToValueAtTime() {} }, connect: (d) => d }; }
+    };
+  });
+  return page;
+}
+
+test('operators steer incidents, units are kept informed (issue #21), end to end', { timeout: 300000 }, async (t) => {
+  const browser = await launch();
+  const target = await startTarget({ seed: false }).catch(async (e) => { await browser.close(); throw e; });
+  t.after(async () => {
+    await browser.close();
+    await target.close().catch(() => {});
+  });
+  const board = await browser.page('board', DESKTOP);
+  const shot = (page, name) => page.screenshot({ path: path.join(SHOTS, PREFIX + name + '.png') });
+  const row = (address) => board.locator('[data-testid=incident]', { has: board.locator('[data-testid=address]', { hasText: address }) });
+  // A dialog closes only once the server said ok (it stays open on an error).
+  const submit = async () => {
+    await board.click('[data-testid=dlg-submit]');
+    await board.locator('[data-testid=dialog]').waitFor({ state: 'hidden', timeout: 10000 });
+  };
+  // Units that are not in the roster: they register by coming on duty.
+  const ids = { a: 's21a-' + rand, b: 's21b-' + rand, c: 's21c-' + rand };
+  const term = {};
+  const address = '历下区泉城路' + rand + '号商场';
+  let incId = null;
+
+  await t.test('three units come on duty near the scene, at three distances', async () => {
+    await board.goto(target.url + '/?lang=en&token=' + encodeURIComponent(target.tokens.operator));
+    await board.locator('[data-testid=conn][data-state=connected]').waitFor({ timeout: 15000 });
+    const at = { a: [36.6652, 117.0232], b: [36.6662, 117.0247], c: [36.6685, 117.0275] };
+    for (const k of ['a', 'b', 'c']) {
+      const p = await countingTerminal(browser);
+      await p.goto(target.url + '/terminal?lang=en&token=' + encodeURIComponent(target.tokens.unit(ids[k])));
+      await p.locator('[data-testid=conn][data-state=connected]').waitFor({ timeout: 15000 });
+      await p.fill('[data-testid=lat]', String(at[k][0]));
+      await p.fill('[data-testid=lon]', String(at[k][1]));
+      await p.click('[data-testid=on-duty]'); // also the tap that allows sound
+      await p.locator('[data-testid=unit-status][data-status=available]').waitFor({ timeout: 10000 });
+      await board.locator(`[data-testid=map-unit][data-unit="${ids[k]}"][data-status=available]`).waitFor({ timeout: 35000 });
+      term[k] = p;
+    }
+  });
+
+  await t.test('a unit refuses its task with a reason; another unit gets it at once', async () => {
+    await postEvent(target, event('theft', 36.665, 117.023, address, '商场内手机被盗，嫌疑人未走远'));
+    await row(address).waitFor({ timeout: 5000 });
+    incId = await row(address).getAttribute('data-id');
+    const card = term.a.locator('[data-testid=task-card]');
+    await card.waitFor({ timeout: 10000 });
+    assert.equal(await term.a.locator('[data-testid=task-address]').textContent(), address);
+    assert.match(await term.a.locator('[data-testid=task-kind]').textContent(), /Theft/);
+    const taskA = await card.getAttribute('data-task');
+    await term.a.fill('[data-testid=refuse-reason]', 'e2e: flat tyre');
+    await term.a.click('[data-testid=btn-refuse]');
+    const notice = term.a.locator(`[data-testid=task-notice][data-task="${taskA}"][data-status=cancelled]`);
+    await notice.waitFor({ timeout: 10000 });
+    assert.notEqual(await notice.getAttribute('data-reason'), '', 'the cancelled task does not say why');
+    await term.b.locator('[data-testid=task-address]', { hasText: address }).waitFor({ timeout: 10000 });
+    await row(address).locator(`[data-testid=inc-unit][data-unit="${ids.b}"]`).waitFor({ timeout: 10000 });
+    await shot(term.a, 'issue21-terminal-refused');
+  });
+
+  await t.test('the operator raises the priority; the terminal of the unit on it shows the change and beeps', async () => {
+    await row(address).click();
+    await board.click('[data-testid=open-update]');
+    await board.selectOption('[data-testid=upd-priority]', '2');
+    await board.fill('[data-testid=upd-reason]', 'e2e: suspect seen with a knife');
+    const beeps = await term.b.evaluate(() => window.__beeps);
+    await submit();
+    await row(address).locator('.prio.p2').waitFor({ timeout: 10000 });
+    const banner = term.b.locator('[data-testid=task-changes]');
+    await banner.waitFor({ timeout: 10000 });
+    assert.match(await banner.getAttribute('data-changes'), /(^|,)priority(,|$)/);
+    assert.equal(await term.b.locator('[data-testid=task-card]').getAttribute('data-priority'), '2');
+    await term.b.locator('[data-part=priority][data-changed="1"]').waitFor();
+    await term.b.waitForFunction((n) => window.__beeps > n, beeps, { timeout: 3000 });
+    await shot(term.b, 'issue21-terminal-changed');
+    await term.b.click('[data-testid=changes-ok]');
+    await banner.waitFor({ state: 'detached', timeout: 3000 });
+  });
+
+  await t.test('held: the assign list is the router\'s ranking; an operator adds a unit from it', async () => {
+    await board.fill('[data-testid=hold-reason]', 'e2e: detectives decide');
+    await board.click('[data-testid=hold][data-hold="0"]');
+    await row(address).locator('[data-testid=badge-held]').waitFor({ timeout: 10000 });
+    await board.click('[data-testid=rank-refresh]');
+    await board.locator('[data-testid=assign-source][data-source=router]').waitFor({ timeout: 10000 });
+    const c = board.locator(`[data-testid=candidate][data-unit="${ids.c}"]`);
+    await c.waitFor({ timeout: 10000 });
+    assert.match(await c.textContent(), /ETA \d+:\d\d/);
+    assert.ok(['0', '1'].includes(await c.getAttribute('data-in-time')));
+    await shot(board, 'issue21-board-held-ranking');
+    await c.locator('input').check();
+    await board.selectOption('[data-testid=assign-mode]', 'add');
+    await board.click('[data-testid=assign]');
+    await term.c.locator('[data-testid=task-address]', { hasText: address }).waitFor({ timeout: 10000 });
+    await row(address).locator(`[data-testid=inc-unit][data-unit="${ids.c}"]`).waitFor({ timeout: 10000 });
+    // The unit already on it learns who joined.
+    await term.b.locator('[data-testid=task-other-units]', { hasText: ids.c }).waitFor({ timeout: 10000 });
+  });
+
+  await t.test('a unit\'s note reaches the board\'s timeline', async () => {
+    await term.b.fill('[data-testid=note-text]', 'e2e: shop owner has CCTV');
+    await term.b.click('[data-testid=btn-note]');
+    await board.locator('[data-testid=timeline]', { hasText: 'shop owner has CCTV' }).waitFor({ timeout: 10000 });
+  });
+
+  const walkIn = '历下区泉城路' + rand + '号来人报警';
+  await t.test('a walk-in report becomes an incident; closed, it is reopened from the recently closed', async () => {
+    await board.click('[data-testid=new-incident]');
+    await board.selectOption('[data-testid=new-kind]', 'dispute');
+    await board.fill('[data-testid=new-text]', 'e2e: 来人报警，两人在店门口争吵');
+    await board.fill('[data-testid=f-address]', walkIn);
+    await board.fill('[data-testid=f-lat]', '36.6601');
+    await board.fill('[data-testid=f-lon]', '117.0152');
+    await board.fill('[data-testid=new-phone]', '13700000021');
+    await submit();
+    await row(walkIn).waitFor({ timeout: 10000 });
+    await row(walkIn).click();
+    await board.locator('[data-testid=caller][href="tel:13700000021"]').waitFor({ timeout: 10000 });
+    await board.fill('[data-testid=disposition]', 'e2e: 已调解');
+    await board.click('[data-testid=close]');
+    await row(walkIn).waitFor({ state: 'detached', timeout: 10000 });
+    await board.click('[data-testid=closed-incidents]');
+    const closed = board.locator('[data-testid=closed-incident]', { hasText: walkIn });
+    await closed.waitFor({ timeout: 10000 });
+    await closed.locator('input').check();
+    await board.fill('[data-testid=reopen-reason-dlg]', 'e2e: they are at it again');
+    await submit();
+    await row(walkIn).waitFor({ timeout: 10000 });
+  });
+
+  await t.test('merged into the first incident, then split off again', async () => {
+    await row(address).click();
+    const from = await row(walkIn).getAttribute('data-id');
+    await board.click('[data-testid=open-merge]');
+    await board.locator(`[data-testid=merge-candidate][data-id="${from}"] input`).check();
+    await submit();
+    await row(walkIn).waitFor({ state: 'detached', timeout: 10000 });
+    await row(address).locator('[data-testid=badge-merged]').waitFor({ timeout: 10000 });
+    await board.locator('[data-testid=caller][href="tel:13700000021"]').waitFor({ timeout: 10000 });
+    await board.locator('[data-testid=open-split]:not([disabled])').waitFor({ timeout: 10000 });
+    await board.click('[data-testid=open-split]');
+    await board.locator('[data-testid=split-event] input').last().check();
+    await board.fill('[data-testid=split-reason]', 'e2e: a separate matter');
+    await submit();
+    await board.locator('[data-testid=incident] [data-testid=badge-split]').waitFor({ timeout: 10000 });
+    await shot(board, 'issue21-board-split');
+    // The first incident stays, with the theft's event.
+    await board.locator(`[data-testid=incident][data-id="${incId}"]`).waitFor({ timeout: 2000 });
+  });
+
+  await t.test('no uncaught page errors', () => {
+    assert.deepEqual(browser.pageErrors, []);
+  });
+});
