@@ -40,6 +40,7 @@
   // The unit the operator picked; until they pick, the choice follows the
   // ranking's best (the first answer may be the distance fallback).
   let chosen = null;
+  let asked = null; // incident@version whose ranking was last asked for
 
   A.html = function () {
     return '<div class="assign" data-testid="assign-box">' +
@@ -86,6 +87,13 @@
   A.refresh = function (inc) {
     const box = $('a-list');
     if (!box) return;
+    // A ranking asked for an older version (before a unit was sent, say)
+    // is asked again, once per version.
+    const fetched = B.candidates.get(inc.id);
+    if (!(inc.candidates || []).length && fetched && fetched.version !== inc.version && asked !== inc.id + '@' + inc.version) {
+      asked = inc.id + '@' + inc.version;
+      B.loadCandidates(inc.id, B.restError);
+    }
     const { source, list } = ranking(inc);
     const src = $('a-source');
     src.dataset.source = source;
