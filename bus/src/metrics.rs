@@ -10,6 +10,9 @@ pub const INGEST_EVENTS_DUPLICATE_TOTAL: &str = "qzx_ingest_events_duplicate_tot
 pub const INGEST_DEADLETTER_TOTAL: &str = "qzx_ingest_deadletter_total";
 /// Calls accepted with a correction, by flag (`unlocated`, `truncated`...).
 pub const INGEST_EVENTS_FLAGGED_TOTAL: &str = "qzx_ingest_events_flagged_total";
+/// Events whose client-sent `cap_*` attributes were moved under
+/// `attrs.client`: only the CAP parser may set them.
+pub const INGEST_CAP_ATTRS_DEMOTED_TOTAL: &str = "qzx_ingest_cap_attrs_demoted_total";
 pub const INGEST_POSITIONS_TOTAL: &str = "qzx_ingest_positions_total";
 pub const INGEST_REQUEST_SECONDS: &str = "qzx_ingest_request_duration_seconds";
 

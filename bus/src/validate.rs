@@ -512,6 +512,37 @@ fn cut_attrs(map: &Map<String, Value>, max: usize) -> Map<String, Value> {
     kept
 }
 
+/// The attribute names only the CAP parser may set: they carry authority
+/// (a CAP `Cancel` with `cap_references` closes an incident and recalls its
+/// units; `cap_urgency`, `cap_severity` and `cap_certainty` raise a score).
+pub const CAP_ATTR_PREFIX: &str = "cap_";
+
+/// Takes the authority out of attributes a client sent on any channel but
+/// CAP: every `cap_*` attribute moves under `attrs.client`, kept visible
+/// but never read by the router. Returns whether any moved.
+pub fn demote_cap_attrs(attrs: &mut Map<String, Value>) -> bool {
+    let names: Vec<String> = attrs
+        .keys()
+        .filter(|k| k.starts_with(CAP_ATTR_PREFIX))
+        .cloned()
+        .collect();
+    if names.is_empty() {
+        return false;
+    }
+    let mut client = match attrs.remove("client") {
+        Some(Value::Object(map)) => map,
+        Some(other) => Map::from_iter([("client".to_owned(), other)]),
+        None => Map::new(),
+    };
+    for name in names {
+        if let Some(value) = attrs.remove(&name) {
+            client.insert(name, value);
+        }
+    }
+    attrs.insert("client".into(), Value::Object(client));
+    true
+}
+
 /// Adds what ingest knows: an id, the receive time, the jurisdiction and
 /// cell of the location (the fallback jurisdiction, marked in `attrs`, for a
 /// point outside every station area or an alert without coordinates), and
@@ -930,5 +961,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn cap_attributes_from_a_client_lose_their_authority() {
+        let mut attrs =
+            json!({"cap_msg_type": "Cancel", "cap_references": "x,a1,t", "cap_urgency": "Immediate", "floor": 3})
+                .as_object()
+                .unwrap()
+                .clone();
+        assert!(demote_cap_attrs(&mut attrs));
+        assert!(attrs.keys().all(|k| !k.starts_with("cap_")), "{attrs:?}");
+        assert_eq!(attrs["floor"], 3);
+        assert_eq!(attrs["client"]["cap_msg_type"], "Cancel");
+        assert_eq!(attrs["client"]["cap_urgency"], "Immediate");
+        let mut plain = json!({"floor": 3}).as_object().unwrap().clone();
+        assert!(!demote_cap_attrs(&mut plain));
+        assert!(plain.get("client").is_none());
     }
 }

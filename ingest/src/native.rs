@@ -10,7 +10,7 @@
 
 use bus::geo::CityMap;
 use bus::model::{Channel, DeadLetter, Event, FieldError, Source};
-use bus::validate::{InputRules, normalise, validate_input};
+use bus::validate::{InputRules, demote_cap_attrs, normalise, validate_input};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
@@ -33,7 +33,11 @@ pub fn accept_kafka_native(
         }
     };
     match validate_input(&value, rules, None, now) {
-        Ok(input) => Ok(normalise(input, city, now)),
+        Ok(mut input) => {
+            // Another system's record is not a CAP alert: no CAP authority.
+            demote_cap_attrs(&mut input.attrs);
+            Ok(normalise(input, city, now))
+        }
         Err(errors) => {
             let source = value
                 .get("source")

@@ -35,7 +35,7 @@ use bus::metrics as m;
 use bus::model::{Channel, DeadLetter, Event, FieldError, Flag, Source};
 use bus::store::StoreError;
 use bus::topics::Topic;
-use bus::validate::{normalise, validate_input};
+use bus::validate::{demote_cap_attrs, normalise, validate_input};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -138,7 +138,11 @@ impl Ingest {
                 .map_err(Clone::clone)
                 .and_then(|v| validate_input(v, &self.rules, origin.default_source, now));
             match checked {
-                Ok(input) => {
+                Ok(mut input) => {
+                    // Authority comes from the channel, not the payload.
+                    if origin.channel != Channel::Cap && demote_cap_attrs(&mut input.attrs) {
+                        ::metrics::counter!(m::INGEST_CAP_ATTRS_DEMOTED_TOTAL).increment(1);
+                    }
                     let original = input.flags.iter().any(|f| f.loses_content()).then(|| item.raw.clone());
                     valid.push(Valid {
                         index: item.index,

@@ -264,7 +264,9 @@ impl Router {
         }
         let value: Value = serde_json::from_slice(&record.payload)
             .map_err(|e| vec![FieldError::new("", format!("not valid JSON: {e}"))])?;
-        let input = validate_input(&value, &self.rules, None, now)?;
+        let mut input = validate_input(&value, &self.rules, None, now)?;
+        // Not through ingest's CAP parser: no CAP authority.
+        bus::validate::demote_cap_attrs(&mut input.attrs);
         let mut event = normalise(input, self.engine.city(), now);
         // A stable id, so a replay of this record is recognised.
         event.id = match &record.ce {
