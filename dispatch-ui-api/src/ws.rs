@@ -38,6 +38,9 @@ use crate::hub::{Push, Subscriber};
 /// Close codes (RFC 6455 and the IANA registry).
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// Application code (4000-4999): the token expired; reconnect with a new
+/// one.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// History entries read per Store round trip on resume.
 const PAGE: usize = 500;
 /// The ops that are commands (`crate::commands`), as opposed to the
@@ -81,6 +84,9 @@ enum Stop {
     Shutdown,
     /// Nothing heard from the client for the idle timeout.
     Idle,
+    /// The token's `exp` passed: a connection is never worth more than
+    /// the token that opened it (4001).
+    Expired,
 }
 
 /// What this connection remembers per channel.
@@ -157,6 +163,15 @@ impl Connection {
                 self.close(&mut socket, CLOSE_GOING_AWAY, "server shutting down").await;
             }
             Stop::Idle => self.close(&mut socket, CLOSE_GOING_AWAY, "idle").await,
+            Stop::Expired => {
+                tracing::info!(conn = self.id, sub = %self.claims.sub, "token expired, closing with 4001");
+                self.close(
+                    &mut socket,
+                    CLOSE_TOKEN_EXPIRED,
+                    "token expired: reconnect with a new token",
+                )
+                .await;
+            }
             Stop::Closed => {}
         }
         ::metrics::gauge!(bus::metrics::API_WS_CONNECTIONS).decrement(1.0);
@@ -179,10 +194,14 @@ impl Connection {
         ping.tick().await;
         let mut last_heard = Instant::now();
         let shutdown = self.state.shutdown.clone();
+        let left_s = self.claims.exp.saturating_sub(chrono::Utc::now().timestamp()).max(0);
+        let expiry = tokio::time::sleep(Duration::from_secs(u64::try_from(left_s).unwrap_or(0)));
+        tokio::pin!(expiry);
         loop {
             let result = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Stop::Shutdown,
+                _ = &mut expiry => return Stop::Expired,
                 _ = self.lagged.cancelled() => return Stop::Lagged,
                 Some(reply) = self.replies_rx.recv() => self.send(socket, Message::Text(reply.into())).await,
                 Some(push) = self.rx.recv() => self.deliver_batch(socket, push).await,

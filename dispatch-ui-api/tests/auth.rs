@@ -228,3 +228,37 @@ async fn every_role_channel_and_command_is_allowed_or_refused_as_the_contract_sa
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[tokio::test]
+async fn an_open_websocket_is_closed_with_4001_when_its_token_expires() {
+    use futures::StreamExt;
+    let ctx = context("api-expiry", |_| {}).await;
+    let api = Api::start(&ctx).await;
+    let short = api
+        .keys
+        .mint(
+            "op-short",
+            Role::Operator,
+            &["quancheng".to_owned()],
+            None,
+            std::time::Duration::from_secs(2),
+        )
+        .unwrap();
+    let mut client = api.ws(&short).await;
+    let (pong, _) = client.request(json!({"op": "ping"})).await;
+    assert_eq!(pong["type"], "pong", "the token is good until it expires");
+    let started = std::time::Instant::now();
+    let frame = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), client.socket.next()).await {
+            Ok(Some(Ok(tungstenite::Message::Close(frame)))) => break frame.expect("a close frame with a code"),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(frame.code), 4001);
+    assert!(frame.reason.contains("token expired"));
+    assert!(
+        started.elapsed() <= std::time::Duration::from_secs(4),
+        "closed at expiry, not at idle"
+    );
+}
