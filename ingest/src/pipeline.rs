@@ -177,7 +177,7 @@ impl Ingest {
             .iter_mut()
             .filter_map(|v| v.original.take().map(|raw| (v.index, raw)))
             .collect();
-        let (owned, duplicates) = self.claim_all(valid).await?;
+        let (owned, duplicates) = self.claim_all(idempotency_scope(origin), valid).await?;
         for o in &owned {
             if let Some(raw) = originals.remove(&o.index) {
                 dead.push(self.original_of(&raw, &o.event, origin, now));
@@ -272,14 +272,18 @@ impl Ingest {
     /// Redis rather than a round trip per event). On a store failure or a
     /// key held by an unfinished request, releases what it claimed and
     /// fails the whole request with 503.
-    async fn claim_all(&self, valid: Vec<Valid>) -> Result<(Vec<Owned>, Vec<(Accepted, &'static str)>), IngestError> {
+    async fn claim_all(
+        &self,
+        scope: &str,
+        valid: Vec<Valid>,
+    ) -> Result<(Vec<Owned>, Vec<(Accepted, &'static str)>), IngestError> {
         // The same (source, source_id) twice in one request: the later one
         // is a duplicate of the earlier, answered without the store.
         let mut seen: HashSet<String> = HashSet::new();
         let mut unique: Vec<(usize, String, Event)> = Vec::new();
         let mut repeats: Vec<(usize, String, Event)> = Vec::new();
         for Valid { index, event, .. } in valid {
-            let key = idempotency_key(event.input.source, &event.input.source_id);
+            let key = idempotency_key(scope, event.input.source, &event.input.source_id);
             if seen.insert(key.clone()) {
                 unique.push((index, key, event));
             } else {
@@ -477,9 +481,19 @@ fn duplicate_of(index: usize, id: String, event: &Event) -> (Accepted, &'static 
     (accepted, event.input.source.as_str())
 }
 
-/// The Store key of an input's idempotency record.
-pub fn idempotency_key(source: Source, source_id: &str) -> String {
-    format!("ingest:idem:{}:{source_id}", source.as_str())
+/// The Store key of an input's idempotency record: (`source`,
+/// `source_id`) scoped to who sent it (the token's `sub`, the MQTT topic),
+/// so one sender can never pre-claim another's ids and have its real calls
+/// answered `duplicate` and dropped. The scope is escaped: a `:` in a
+/// subject cannot make two senders' keys meet.
+pub fn idempotency_key(scope: &str, source: Source, source_id: &str) -> String {
+    let scope = scope.replace('%', "%25").replace(':', "%3A");
+    format!("ingest:idem:{scope}:{}:{source_id}", source.as_str())
+}
+
+/// The scope of a request's idempotency keys.
+pub fn idempotency_scope(origin: &Origin) -> &str {
+    origin.sender.as_deref().unwrap_or("anonymous")
 }
 
 enum Marker {
@@ -529,10 +543,19 @@ mod tests {
     }
 
     #[test]
-    fn keys_separate_sources() {
+    fn keys_separate_sources_and_senders() {
         assert_ne!(
-            idempotency_key(Source::Call110, "1"),
-            idempotency_key(Source::Sensor, "1")
+            idempotency_key("a", Source::Call110, "1"),
+            idempotency_key("a", Source::Sensor, "1")
+        );
+        assert_ne!(
+            idempotency_key("sensor-platform", Source::Call110, "1"),
+            idempotency_key("call-centre", Source::Call110, "1")
+        );
+        // A colon in a subject cannot forge another sender's key.
+        assert_ne!(
+            idempotency_key("a:call110", Source::Call110, "1"),
+            idempotency_key("a", Source::Call110, "call110:1")
         );
     }
 }

@@ -1,13 +1,15 @@
 //! Authority comes from the channel, not the payload (issue #19): the
 //! `cap_*` attributes that let a CAP alert cancel an incident or raise a
 //! score are set only by the CAP parser. Sent by a client over HTTP they
-//! are kept under `attrs.client`, where the router never reads them.
+//! are kept under `attrs.client`, where the router never reads them. And
+//! an idempotency key belongs to its sender: one sender cannot pre-claim
+//! another's source ids.
 
 mod common;
 
-use bus::testing::BrokerChoice;
 use axum::http::StatusCode;
 use bus::Topic;
+use bus::testing::BrokerChoice;
 use common::*;
 use serde_json::json;
 
@@ -36,4 +38,41 @@ async fn cap_attributes_sent_over_http_are_kept_but_carry_no_authority() {
     assert_eq!(attrs["client"]["cap_msg_type"], "Cancel");
     assert_eq!(attrs["client"]["cap_urgency"], "Immediate");
     assert_eq!(attrs["client"]["cap_severity"], "Extreme");
+}
+
+#[tokio::test]
+async fn one_sender_cannot_squat_another_senders_source_ids() {
+    let h = start("ingest-squat", BrokerChoice::RealIfAvailable, |_| {}).await;
+    let keys = bus::auth::TokenKeys::new(h.ctx.config.auth.jwt_secret.as_deref().unwrap());
+    let mint = |sub: &str| {
+        keys.mint(
+            sub,
+            bus::model::Role::Source,
+            &["*".to_owned()],
+            None,
+            std::time::Duration::from_secs(600),
+        )
+        .unwrap()
+    };
+    let squatter = mint("sensor-platform");
+    let centre = mint("call-centre");
+    let call = serde_json::to_vec(&call(&unique("110"))).unwrap();
+    let post = |token: String, body: Vec<u8>| {
+        let h = &h;
+        async move {
+            h.post_as("/v1/events", Some("application/json"), body, Some(&token))
+                .await
+        }
+    };
+    let first = post(squatter.clone(), call.clone()).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    // The real call from the call-taking system is a new event.
+    let real = post(centre.clone(), call.clone()).await;
+    assert_eq!(real.status, StatusCode::ACCEPTED, "{}", real.body);
+    assert_eq!(real.body["accepted"][0]["duplicate"], false, "{}", real.body);
+    assert_ne!(real.body["accepted"][0]["id"], first.body["accepted"][0]["id"]);
+    // Its own retry is still a duplicate.
+    let retry = post(centre, call).await;
+    assert_eq!(retry.body["accepted"][0]["duplicate"], true, "{}", retry.body);
+    assert_eq!(retry.body["accepted"][0]["id"], real.body["accepted"][0]["id"]);
 }

@@ -18,7 +18,7 @@ use ingest::pipeline::idempotency_key;
 /// Claims `source_id`'s key as a live request elsewhere would (pending,
 /// expiring in ten minutes): the key and the marker.
 async fn held_by_another_request(h: &Harness, source_id: &str) -> (String, String) {
-    let key = idempotency_key(Source::Call110, source_id);
+    let key = idempotency_key("test-source", Source::Call110, source_id);
     let live = format!("pending:other-id:{}", chrono::Utc::now().timestamp_millis() + 600_000);
     let claimed = h
         .ctx
@@ -92,7 +92,7 @@ async fn a_request_in_flight_elsewhere_gives_503_not_a_false_duplicate() {
 async fn a_dead_owners_pending_marker_is_taken_over() {
     let h = start("ingest-stale", BrokerChoice::RealIfAvailable, |_| {}).await;
     let sid = unique("stale");
-    let key = idempotency_key(Source::Call110, &sid);
+    let key = idempotency_key("test-source", Source::Call110, &sid);
     h.ctx
         .store
         .claim_key(&key, "pending:dead-id:1", Duration::from_secs(600))
@@ -119,7 +119,7 @@ async fn a_batch_refused_for_one_busy_key_releases_the_others() {
     let ndjson = format!("{}\n{}\n", call(&fresh), call(&busy));
     let reply = h.post("/v1/events", Some("application/x-ndjson"), ndjson).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.body);
-    let fresh_key = idempotency_key(Source::Call110, &fresh);
+    let fresh_key = idempotency_key("test-source", Source::Call110, &fresh);
     assert_eq!(
         h.ctx.store.get_key(&fresh_key).await.unwrap(),
         None,
