@@ -262,3 +262,31 @@ async fn an_open_websocket_is_closed_with_4001_when_its_token_expires() {
         "closed at expiry, not at idle"
     );
 }
+
+#[tokio::test]
+async fn a_station_operator_assigns_only_its_own_units() {
+    let ctx = context("api-assign-scope", |_| {}).await;
+    let api = Api::start(&ctx).await;
+    let router = FakeRouter::new(&ctx);
+    let inc = incident(&unique("inc"), "quancheng", 1, IncidentStatus::Dispatched);
+    router.incident(&inc).await;
+    let neighbour = unique("u-dmh");
+    router.unit(&unit(&neighbour, "daminghu", UnitStatus::Available)).await;
+    eventually("the api to see the unit", || async {
+        ctx.store.unit(&neighbour).await.unwrap().is_some()
+    })
+    .await;
+    let assign = json!({"op": "assign", "incident": inc.id, "unit": neighbour});
+
+    let station = api.token(Role::Operator, &["quancheng"], None);
+    let (reply, _) = api.ws(&station).await.request(assign.clone()).await;
+    assert_eq!(reply["code"], "forbidden", "{reply}");
+    assert!(reply["message"].as_str().unwrap().contains("daminghu"), "{reply}");
+
+    let city = api.token(Role::Operator, &["quancheng", "daminghu"], None);
+    let (reply, _) = api.ws(&city).await.request(assign).await;
+    assert_eq!(
+        reply["type"], "ok",
+        "an operator over both stations may borrow the unit: {reply}"
+    );
+}

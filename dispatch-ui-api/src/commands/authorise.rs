@@ -113,8 +113,16 @@ pub(super) async fn authorise(
             // Only that the unit exists: whether it is free, or may be
             // taken off a lower-priority task (`preempt`), is the
             // router's to decide with the state it owns.
-            if state.store.unit(unit).await?.is_none() {
+            let Some(found) = state.store.unit(unit).await? else {
                 return Err(ApiError::NotFound(format!("unit {unit} not found")));
+            };
+            // A station's operator sends the station's units; borrowing a
+            // neighbour's (支援) is for an operator who covers both.
+            if !claims.covers(&found.jurisdiction) {
+                return Err(ApiError::Forbidden(format!(
+                    "unit {unit} belongs to jurisdiction {}, not yours",
+                    found.jurisdiction
+                )));
             }
             open_or_conflict(&incident)?;
             Ok(incident.jurisdiction)
