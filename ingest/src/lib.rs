@@ -300,6 +300,8 @@ async fn read_request(
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+        jurisdictions: (!claims.all_jurisdictions() && claims.role != bus::model::Role::Admin)
+            .then(|| claims.jurisdictions.clone()),
         sender: Some(claims.sub),
     };
     let limit = ingest.config.ingest.max_body_bytes;

@@ -167,6 +167,7 @@ pub async fn handle(ingest: &Ingest, publish: &Publish) -> Result<(), IngestErro
         default_source: Some(Source::Sensor),
         content_type: None,
         sender: Some(publish.topic.clone()),
+        jurisdictions: None,
     };
     let limit = ingest.config.ingest.max_body_bytes;
     let value = if publish.payload.len() > limit {

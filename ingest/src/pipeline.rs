@@ -71,6 +71,11 @@ pub struct Origin {
     /// Who sent it (token subject, MQTT topic): names the sender of a dead
     /// letter whose own `source` is unusable.
     pub sender: Option<String>,
+    /// The jurisdictions the sender may act in (its token's); `None`: all
+    /// (an admin, a `*` token, the MQTT bridge). Unit positions are checked
+    /// against them; a call is accepted wherever it falls (a caller near a
+    /// station boundary is still a caller).
+    pub jurisdictions: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -164,7 +164,7 @@ impl Ingest {
             }
         }
 
-        let reports: Vec<(usize, PositionReport)> = valid
+        let mut reports: Vec<(usize, PositionReport)> = valid
             .into_iter()
             .map(|(index, p)| {
                 let report = PositionReport {
@@ -177,6 +177,35 @@ impl Ingest {
                 (index, report)
             })
             .collect();
+        if let Some(allowed) = &origin.jurisdictions {
+            // A source moves only the units of its own jurisdictions: one
+            // AVL feed must not drag another station's cars around.
+            let ids: Vec<String> = reports.iter().map(|(_, r)| r.unit.clone()).collect();
+            let stored = self
+                .store
+                .units_by_id(&ids)
+                .await
+                .map_err(|_| self.unavailable("the unit store is unavailable; retry".to_owned()))?;
+            let mut kept = Vec::with_capacity(reports.len());
+            for ((index, report), stored) in reports.into_iter().zip(stored) {
+                let jurisdiction = stored.map_or_else(|| self.new_unit(&report).jurisdiction, |u| u.jurisdiction);
+                if allowed.iter().any(|j| *j == jurisdiction) {
+                    kept.push((index, report));
+                    continue;
+                }
+                let errors = vec![FieldError::new(
+                    "unit",
+                    format!(
+                        "unit {} is in jurisdiction {jurisdiction}, outside this token's jurisdictions",
+                        report.unit
+                    ),
+                )];
+                let raw = serde_json::to_vec(&report).unwrap_or_default();
+                dead.push(self.dead_letter(&raw, errors.clone(), origin, None, now));
+                outcome.rejected.push(Rejected { index, errors });
+            }
+            reports = kept;
+        }
 
         let mut records = Vec::with_capacity(reports.len() + dead.len());
         for (_, report) in &reports {

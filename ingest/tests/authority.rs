@@ -76,3 +76,57 @@ async fn one_sender_cannot_squat_another_senders_source_ids() {
     assert_eq!(retry.body["accepted"][0]["duplicate"], true, "{}", retry.body);
     assert_eq!(retry.body["accepted"][0]["id"], real.body["accepted"][0]["id"]);
 }
+
+#[tokio::test]
+async fn a_source_moves_only_the_units_of_its_own_jurisdictions() {
+    let h = start("ingest-avl-scope", BrokerChoice::RealIfAvailable, |_| {}).await;
+    let keys = bus::auth::TokenKeys::new(h.ctx.config.auth.jwt_secret.as_deref().unwrap());
+    let station_feed = keys
+        .mint(
+            "avl-quancheng",
+            bus::model::Role::Source,
+            &["quancheng".to_owned()],
+            None,
+            std::time::Duration::from_secs(600),
+        )
+        .unwrap();
+    let unit_in = |id: &str, jurisdiction: &str| bus::model::Unit {
+        id: id.to_owned(),
+        unit_type: bus::model::UnitType::PatrolCar,
+        jurisdiction: jurisdiction.to_owned(),
+        status: bus::model::UnitStatus::Available,
+        lat: Some(36.6683),
+        lon: Some(117.0204),
+        at: chrono::Utc::now(),
+        task: None,
+        version: 0,
+        speed_kmh: None,
+        name: None,
+        reason: None,
+    };
+    let own = unique("qc-car");
+    let other = unique("dmh-car");
+    h.ctx.store.put_unit(&unit_in(&own, "quancheng")).await.unwrap();
+    h.ctx.store.put_unit(&unit_in(&other, "daminghu")).await.unwrap();
+    let body = json!([
+        {"unit": own, "lat": 36.667, "lon": 117.021},
+        {"unit": other, "lat": 36.667, "lon": 117.021}
+    ]);
+    let reply = h
+        .post_as(
+            "/v1/positions",
+            Some("application/json"),
+            serde_json::to_vec(&body).unwrap(),
+            Some(&station_feed),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    assert_eq!(reply.body["accepted"].as_array().unwrap().len(), 1, "{}", reply.body);
+    assert_eq!(reply.body["accepted"][0]["source_id"], own.as_str());
+    assert_eq!(reply.body["rejected"][0]["index"], 1);
+    assert_eq!(reply.body["rejected"][0]["errors"][0]["field"], "unit");
+    let moved = h.ctx.store.unit(&other).await.unwrap().unwrap();
+    assert_eq!(moved.lat, Some(36.6683), "the other station's car did not move");
+    let letters = h.read(Topic::DeadLetter, 1, WAIT).await;
+    assert!(letters[0].value["raw"].as_str().unwrap().contains(&other));
+}
