@@ -353,6 +353,11 @@ async fn run_services(mut config: Config, services: Services) -> anyhow::Result<
     if config.auth.jwt_secret.is_none() && (services.ingest || services.api) {
         bail!("QZX_JWT_SECRET is not set: only `demo` generates one");
     }
+    if let Some(why) = config.auth.jwt_secret.as_deref().and_then(bus::auth::weak_secret)
+        && (services.ingest || services.api)
+    {
+        bail!("QZX_JWT_SECRET {why}");
+    }
     let store = bus::store::open(config.redis.url.as_deref(), &config.redis.key_prefix).await?;
     let metrics = serve::install_metrics()?;
     let ctx = ServiceContext::new(config, brokers, store);

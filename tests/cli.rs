@@ -105,3 +105,22 @@ fn single_services_refuse_to_start_without_kafka_or_redis() {
         assert!(stderr(&out).contains("QZX_REDIS_URL"), "{service}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn services_refuse_a_placeholder_or_short_jwt_secret() {
+    let env = |secret: &'static str| {
+        [
+            ("QZX_JWT_SECRET", secret),
+            ("QZX_KAFKA_BROKERS", "127.0.0.1:1"),
+            ("QZX_REDIS_URL", "redis://127.0.0.1:1/0"),
+        ]
+    };
+    for service in ["ingest", "api"] {
+        let out = qzx(&[service], &env("REPLACE-ME-with-48-random-bytes-base64"));
+        assert!(!out.status.success(), "{service}");
+        assert!(stderr(&out).contains("placeholder"), "{service}: {}", stderr(&out));
+        let out = qzx(&[service], &env("s3cret"));
+        assert!(!out.status.success(), "{service}");
+        assert!(stderr(&out).contains("at least 32"), "{service}: {}", stderr(&out));
+    }
+}

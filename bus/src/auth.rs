@@ -117,6 +117,26 @@ pub fn parse_ttl(text: &str) -> Option<Duration> {
     Some(Duration::from_secs(secs))
 }
 
+/// Shortest HS256 secret a service accepts: RFC 7518 asks for a key as
+/// long as the hash (32 bytes).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Why `secret` must not sign a police system's tokens, if it must not:
+/// too short to resist guessing, or a placeholder left from a manifest
+/// (`REPLACE-ME…` in `deploy/k8s/config.yaml`).
+pub fn weak_secret(secret: &str) -> Option<String> {
+    if secret.to_ascii_uppercase().contains("REPLACE-ME") || secret.to_ascii_lowercase().contains("changeme") {
+        return Some("is a placeholder from an example manifest: generate a random one".to_owned());
+    }
+    if secret.len() < MIN_SECRET_BYTES {
+        return Some(format!(
+            "is {} bytes; use at least {MIN_SECRET_BYTES} random bytes",
+            secret.len()
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +237,12 @@ mod tests {
         assert_eq!(parse_ttl("2d"), Some(Duration::from_secs(172800)));
         assert_eq!(parse_ttl("h"), None);
         assert_eq!(parse_ttl("5w"), None);
+    }
+
+    #[test]
+    fn short_and_placeholder_secrets_are_weak() {
+        assert!(weak_secret("REPLACE-ME-with-48-random-bytes-base64").is_some());
+        assert!(weak_secret("s3cret").unwrap().contains("6 bytes"));
+        assert!(weak_secret(&"x".repeat(32)).is_none());
     }
 }
