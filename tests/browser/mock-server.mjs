@@ -286,9 +286,15 @@ export async function startMock(opts = {}) {
     return out.sort((a, b) => a.eta_s - b.eta_s).slice(0, 6);
   }
 
-  /** Sends the nearest unit unless the incident is held (then ranks units for an operator). */
+  /** Sends the nearest unit unless the incident is held: then, as the
+   * router, it ranks units for an operator while the incident needs one (a
+   * primary; a P1 two). */
   function dispatch(inc, except) {
-    if (inc.hold) { inc.candidates = candidatesFor(inc); return; }
+    if (inc.hold) {
+      const needs = openTasksOf(inc).length < (inc.priority === 1 ? 2 : 1);
+      inc.candidates = needs ? candidatesFor(inc) : [];
+      return;
+    }
     inc.candidates = [];
     if (!inc.location || openTasksOf(inc).length) return;
     const u = nearestAvailable(inc.location, except);
@@ -538,7 +544,7 @@ export async function startMock(opts = {}) {
         const primaries = openTasksOf(inc).filter((t) => inc.units.find((x) => x.task === t.id).role === 'primary');
         if ((m.mode || 'replace') === 'replace') for (const t of primaries) cancelTask(t, 'replaced by ' + m.unit);
         issueTask(inc, u, m.mode === 'add' && primaries.length ? 'reinforcement' : 'primary', by);
-        inc.candidates = inc.hold ? candidatesFor(inc) : [];
+        dispatch(inc);
         bump(inc);
         return null;
       }
@@ -773,7 +779,8 @@ export async function startMock(opts = {}) {
       if (!inc) return send(res, 404, { error: 'not_found', message: 'incident ' + one[1] + ' not found' });
       if (!covers(c, inc.jurisdiction)) return send(res, 403, { error: 'forbidden', message: 'not your jurisdiction' });
       if (!one[2]) return send(res, 200, inc);
-      return send(res, 200, { incident: inc.id, hold: !!inc.hold, mode: 'auto', candidates: candidatesFor(inc) });
+      // As the api: what the router last wrote on the incident.
+      return send(res, 200, { incident: inc.id, hold: !!inc.hold, mode: 'auto', candidates: inc.candidates || [] });
     }
     switch (p) {
       case '/api/v1/incidents': {

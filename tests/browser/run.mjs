@@ -15,11 +15,11 @@
 //
 // A second scenario (issue #21, operators steer incidents and units are
 // kept informed), on a qzx of its own: a unit refuses and another gets the
-// task; a priority raised on the board reaches that unit's terminal as a
-// change banner (and a beep); a held incident shows the router's ranking
-// and an operator adds a unit from it; a unit's note reaches the board's
-// timeline; a walk-in report is created, closed and reopened, merged in,
-// and split off again.
+// task; the incident is held and raised to P1 on the board, which reaches
+// that unit's terminal as a change banner (and a beep); the reinforcement
+// the held P1 needs is picked from the router's ranking; a unit's note
+// reaches the board's timeline; a walk-in report is created, closed and
+// reopened, merged in, and split off again.
 //
 // Mock mode (QZX_MOCK=1, or QZX_BIN unset): the same steps against
 // mock-server.mjs, for developing the pages without the Rust services; its
@@ -437,18 +437,23 @@ test('operators steer incidents, units are kept informed (issue #21), end to end
     await shot(term.a, 'issue21-terminal-refused');
   });
 
-  await t.test('the operator raises the priority; the terminal of the unit on it shows the change and beeps', async () => {
+  await t.test('held, then raised to P1: the terminal of the unit on it shows the change and beeps', async () => {
     await row(address).click();
+    // Held first: the reinforcement a P1 needs is then the operator's pick.
+    await board.fill('[data-testid=hold-reason]', 'e2e: detectives decide');
+    await board.click('[data-testid=hold][data-hold="0"]');
+    await row(address).locator('[data-testid=badge-held]').waitFor({ timeout: 10000 });
+    await board.locator('[data-testid=held-note]').waitFor();
     await board.click('[data-testid=open-update]');
-    await board.selectOption('[data-testid=upd-priority]', '2');
+    await board.selectOption('[data-testid=upd-priority]', '1');
     await board.fill('[data-testid=upd-reason]', 'e2e: suspect seen with a knife');
     const beeps = await term.b.evaluate(() => window.__beeps);
     await submit();
-    await row(address).locator('.prio.p2').waitFor({ timeout: 10000 });
+    await row(address).locator('.prio.p1').waitFor({ timeout: 10000 });
     const banner = term.b.locator('[data-testid=task-changes]');
     await banner.waitFor({ timeout: 10000 });
     assert.match(await banner.getAttribute('data-changes'), /(^|,)priority(,|$)/);
-    assert.equal(await term.b.locator('[data-testid=task-card]').getAttribute('data-priority'), '2');
+    assert.equal(await term.b.locator('[data-testid=task-card]').getAttribute('data-priority'), '1');
     await term.b.locator('[data-part=priority][data-changed="1"]').waitFor();
     await term.b.waitForFunction((n) => window.__beeps > n, beeps, { timeout: 3000 });
     await shot(term.b, 'issue21-terminal-changed');
@@ -456,12 +461,8 @@ test('operators steer incidents, units are kept informed (issue #21), end to end
     await banner.waitFor({ state: 'detached', timeout: 3000 });
   });
 
-  await t.test('held: the assign list is the router\'s ranking; an operator adds a unit from it', async () => {
-    await board.fill('[data-testid=hold-reason]', 'e2e: detectives decide');
-    await board.click('[data-testid=hold][data-hold="0"]');
-    await row(address).locator('[data-testid=badge-held]').waitFor({ timeout: 10000 });
-    await board.click('[data-testid=rank-refresh]');
-    await board.locator('[data-testid=assign-source][data-source=router]').waitFor({ timeout: 10000 });
+  await t.test('the held P1\'s assign list is the router\'s ranking; an operator adds a unit from it', async () => {
+    await board.locator('[data-testid=assign-source][data-source=router]').waitFor({ timeout: 15000 });
     const c = board.locator(`[data-testid=candidate][data-unit="${ids.c}"]`);
     await c.waitFor({ timeout: 10000 });
     assert.match(await c.textContent(), /ETA \d+:\d\d/);

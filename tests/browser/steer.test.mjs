@@ -101,10 +101,12 @@ test('board: update sends only what changed; a priority change needs a reason; a
   assert.deepEqual(b.pageErrors, []);
 });
 
-test('board: note and hold; while held the assign list is the router\'s ranking with ETAs, and assign adds', { timeout: 60000 }, async (t) => {
+test('board: note and hold; while held the assign list is the router\'s ranking with ETAs', { timeout: 60000 }, async (t) => {
   const { m, b } = await setup(t);
-  available(m, 'quancheng-01', 'quancheng-02', 'quancheng-p1');
+  // Nobody free when the call comes in; then three units come on duty.
   const inc = m.inject({ kind: 'theft', location: { lat: 36.6651, lon: 117.0231, address: '暂停测试' }, text: '被盗' }, 0);
+  assert.equal(inc.units.length, 0);
+  available(m, 'quancheng-01', 'quancheng-02', 'quancheng-p1');
   const page = await openBoard(b, m);
   await row(page, '暂停测试').click();
 
@@ -129,12 +131,17 @@ test('board: note and hold; while held the assign list is the router\'s ranking 
   assert.match(await page.locator('[data-testid=candidate]').first().textContent(), /ETA \d+:\d\d/);
   assert.equal(await page.locator('[data-testid=candidate]').first().getAttribute('data-in-time'), '1');
   await page.locator('[data-testid=candidate] [data-testid=in-time]').first().waitFor();
-  // A unit is already on it: the default adds rather than replaces.
-  assert.equal(await page.locator('[data-testid=assign-mode]').inputValue(), 'add');
+  // The best is chosen until the operator picks another.
+  assert.equal(await page.locator(`[data-testid=candidate][data-unit="${want[0]}"] input`).isChecked(), true);
+  await page.locator(`[data-testid=candidate][data-unit="${want[1]}"] input`).check();
+  // Nobody is on it: replacing is the default (and the same as adding).
+  assert.equal(await page.locator('[data-testid=assign-mode]').inputValue(), 'replace');
   await page.click('[data-testid=assign]');
   await page.locator('[data-testid=toast-ok]', { hasText: 'Assign' }).waitFor({ timeout: 3000 });
-  assert.deepEqual(last(m, 'assign'), { op: 'assign', incident: inc.id, unit: want[0], mode: 'add' });
-  await row(page, '暂停测试').locator(`[data-testid=inc-unit][data-unit="${want[0]}"]`).waitFor({ timeout: 3000 });
+  assert.deepEqual(last(m, 'assign'), { op: 'assign', incident: inc.id, unit: want[1], mode: 'replace' });
+  await row(page, '暂停测试').locator(`[data-testid=inc-unit][data-unit="${want[1]}"]`).waitFor({ timeout: 3000 });
+  // Served: the router ranks no more, the list falls back to distance.
+  await page.locator('[data-testid=assign-source][data-source=distance]').waitFor({ timeout: 3000 });
 
   // Resume: no reason needed.
   await page.click('[data-testid=hold][data-hold="1"]');
@@ -151,12 +158,11 @@ test('board: a unit on a lower-priority task is offered for pre-emption, only wh
   const term = await b.page('terminal', PHONE);
   await term.goto(m.url + '/terminal?lang=en&token=' + m.tokens.unit('quancheng-02'));
   await term.locator('[data-testid=task-address]', { hasText: '低等级任务' }).waitFor({ timeout: 5000 });
-  // A P1 with nobody free.
-  const robbery = m.inject({ kind: 'robbery', location: { lat: 36.6655, lon: 117.0235, address: '持刀抢劫' }, text: '抢劫' }, 0);
+  // A held P1 with nobody free: the router ranks the unit on the P3.
+  const robbery = m.inject({ kind: 'robbery', location: { lat: 36.6655, lon: 117.0235, address: '持刀抢劫' }, text: '抢劫', hold: true }, 0);
   assert.equal(robbery.units.length, 0);
   const page = await openBoard(b, m);
   await row(page, '持刀抢劫').click();
-  // Not held: the ranking comes from GET .../candidates.
   const cand = page.locator('[data-testid=candidate][data-unit="quancheng-02"]');
   await cand.waitFor({ timeout: 3000 });
   assert.equal(await page.locator('[data-testid=assign-source]').getAttribute('data-source'), 'router');
