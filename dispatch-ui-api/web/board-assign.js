@@ -1,11 +1,12 @@
 /*
  * qzx operator board: the assign section of the selected incident. It lists
- * the router's ranking of units (the incident's `candidates` while it is
- * held or waits for an operator, else GET /api/v1/incidents/{id}/candidates)
- * with each unit's predicted travel time and whether it arrives in time; a
- * unit busy on a task of lower priority is offered for pre-emption. Only
- * when the router has no ranking does it fall back to the available units
- * sorted by straight-line distance from the browser. Stale units (not heard
+ * the router's ranking of units (the incident's `candidates`, written while
+ * it is held or waits for an operator; GET /api/v1/incidents/{id}/candidates
+ * serves the same list, so the pushed incident is enough) with each unit's
+ * predicted travel time and whether it arrives in time; a unit busy on a
+ * task of lower priority is offered for pre-emption. Only when the router
+ * has no ranking does it fall back to the available units sorted by
+ * straight-line distance from the browser. Stale units (not heard
  * from for `dispatch.stale_after_s`) are greyed and cannot be picked.
  *
  * It must never rank units itself while the router has a ranking, and
@@ -22,7 +23,6 @@
     assign_title: ['派警/改派', 'Assign a unit'],
     rank_router: ['路由推荐（按预计到达时间）', "Router's ranking (by predicted travel time)"],
     rank_distance: ['无路由推荐：按直线距离排列的待命警力', 'No ranking from the router: available units by straight-line distance'],
-    rank_refresh: ['刷新推荐', 'Refresh ranking'],
     in_time: ['可按时到场', 'in time'],
     late: ['无法按时到场', 'late'],
     eta: ['预计', 'ETA'],
@@ -40,12 +40,11 @@
   // The unit the operator picked; until they pick, the choice follows the
   // ranking's best (the first answer may be the distance fallback).
   let chosen = null;
-  let asked = null; // incident@version whose ranking was last asked for
 
   A.html = function () {
     return '<div class="assign" data-testid="assign-box">' +
       '<div class="act"><b>' + Q.esc(Q.t('assign_title')) + '</b><span class="dim" id="a-source" data-testid="assign-source"></span>' +
-      '<span class="spacer"></span><button id="a-refresh" data-testid="rank-refresh">' + Q.esc(Q.t('rank_refresh')) + '</button></div>' +
+      '</div>' +
       '<div id="a-list" class="cands" data-testid="assign-list"></div>' +
       '<div class="act"><select id="a-mode" data-testid="assign-mode"><option value="replace">' + Q.esc(Q.t('mode_replace')) +
       '</option><option value="add">' + Q.esc(Q.t('mode_add')) + '</option></select>' +
@@ -56,8 +55,6 @@
   /** The ranking to show: the router's if it has one, else by distance. */
   function ranking(inc) {
     if ((inc.candidates || []).length) return { source: 'router', list: inc.candidates };
-    const fetched = B.candidates.get(inc.id);
-    if (fetched && fetched.list.length) return { source: 'router', list: fetched.list };
     const loc = inc.location;
     const list = [...B.units.values()].filter((u) => u.status === 'available').map((u) => ({
       unit: u.id, type: u.type,
@@ -87,13 +84,6 @@
   A.refresh = function (inc) {
     const box = $('a-list');
     if (!box) return;
-    // A ranking asked for an older version (before a unit was sent, say)
-    // is asked again, once per version.
-    const fetched = B.candidates.get(inc.id);
-    if (!(inc.candidates || []).length && fetched && fetched.version !== inc.version && asked !== inc.id + '@' + inc.version) {
-      asked = inc.id + '@' + inc.version;
-      B.loadCandidates(inc.id, B.restError);
-    }
     const { source, list } = ranking(inc);
     const src = $('a-source');
     src.dataset.source = source;
@@ -129,7 +119,6 @@
       if (ev.target.name === 'a-unit') chosen = ev.target.value;
       syncPreempt();
     });
-    $('a-refresh').onclick = () => B.loadCandidates(inc.id, B.restError);
     $('a-assign').onclick = (ev) => {
       const r = document.querySelector('input[name=a-unit]:checked');
       if (!r) { Q.toast('error', Q.t('assign') + ': ' + Q.t('pick_unit')); return; }
@@ -140,6 +129,5 @@
       }
       B.send(ev.currentTarget, 'assign', fields);
     };
-    if (!(inc.candidates || []).length) B.loadCandidates(inc.id, B.restError);
   };
 })();

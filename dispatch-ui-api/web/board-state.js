@@ -27,7 +27,6 @@
     coverage: [], // [{id, centre:[lat,lon], level:1|3|5|0}]
     stats: null, // {stages:{respond:{share,p50,p90,breached}}, breaches, hot:[{cell, at, count}]}
     dispatch: { stale_after_s: null, mode: null }, // from GET /api/v1/info
-    candidates: new Map(), // incident id -> {version, list} from GET .../candidates
     selected: null, // incident id
     deskFilter: '',
     mapData: 0, // bumped when coverage or jurisdictions are (re)loaded
@@ -235,24 +234,6 @@
     }
   };
 
-  /**
-   * GET /api/v1/incidents/{id}/candidates: {incident, hold, mode,
-   * candidates: [Recommendation]}, the router's ranking computed now.
-   * Kept with the incident's version it was asked for.
-   */
-  B.loadCandidates = async function (id, onError) {
-    const inc = B.incidents.get(id);
-    try {
-      const raw = await Q.api(B.token, '/api/v1/incidents/' + encodeURIComponent(id) + '/candidates');
-      B.candidates.set(id, { version: inc ? inc.version : 0, list: raw.candidates || [] });
-      B.changed();
-    } catch (e) {
-      B.candidates.set(id, { version: inc ? inc.version : 0, list: [] });
-      onError(e, '/api/v1/incidents/{id}/candidates', true);
-      B.changed();
-    }
-  };
-
   /** GET /api/v1/incidents?status=closed: the recently closed or diverted, newest first. */
   B.loadClosed = async function () {
     const raw = await Q.api(B.token, '/api/v1/incidents?status=closed&limit=30');
@@ -269,6 +250,5 @@
     for (const [id, inc] of B.incidents) {
       if (!B.visible(inc) && (Q.ms(inc.updated_at) || 0) < cutoff && id !== B.selected) B.incidents.delete(id);
     }
-    for (const id of B.candidates.keys()) if (!B.incidents.has(id)) B.candidates.delete(id);
   };
 })();
