@@ -4,6 +4,12 @@
 //!
 //! This module holds data and the small pure rules that belong to the data
 //! (which status is open, which transition is legal). It must never do IO.
+//!
+//! With the `openapi` feature the types served over REST derive
+//! `utoipa::ToSchema` for dispatch-ui-api's OpenAPI document. The schema
+//! says what serde writes: a field serialised even when empty (an `Option`
+//! without `skip_serializing_if`, or only `#[serde(default)]`) is required,
+//! one skipped when empty is not, and a [`Timestamp`] is a date-time string.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -44,6 +50,7 @@ impl Source {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Location {
     pub lat: f64,
     pub lon: f64,
@@ -52,6 +59,7 @@ pub struct Location {
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Caller {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
@@ -75,6 +83,7 @@ pub struct SensorInfo {
 /// (有警必接、接案必登: a `call110` or `report` is never refused for its
 /// content). Carried by the event and by its incident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Flag {
     /// No usable coordinates: placed in the fallback jurisdiction with no
@@ -165,6 +174,7 @@ pub struct Event {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum IncidentStatus {
     New,
@@ -200,6 +210,7 @@ impl IncidentStatus {
 
 /// The three stages of the 1-3-5 clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     Respond,
@@ -220,6 +231,7 @@ impl Stage {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum SlaState {
     #[default]
     #[serde(rename = "pending")]
@@ -235,9 +247,13 @@ pub enum SlaState {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Deadlines {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub respond: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub arrive: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub reinforce: Timestamp,
 }
 
@@ -252,6 +268,7 @@ impl Deadlines {
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Sla {
     pub respond: SlaState,
     pub arrive: SlaState,
@@ -277,6 +294,7 @@ impl Sla {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum UnitRole {
     Primary,
@@ -286,6 +304,7 @@ pub enum UnitRole {
 
 /// A unit's part in an incident, as the board shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IncidentUnit {
     pub unit: String,
     pub task: String,
@@ -296,13 +315,16 @@ pub struct IncidentUnit {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TimelineEntry {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub at: Timestamp,
     pub what: String,
     pub by: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Feedback {
     Satisfied,
@@ -311,6 +333,7 @@ pub enum Feedback {
 
 /// Value of the `incidents` topic: the full snapshot at each version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Incident {
     pub id: String,
     pub version: u64,
@@ -320,17 +343,23 @@ pub struct Incident {
     /// 0 to 100; the reasons are on the timeline.
     pub score: u8,
     pub kind: String,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub location: Option<Location>,
     pub jurisdiction: String,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub cell: Option<String>,
     pub desks: Vec<String>,
     pub events: Vec<String>,
     pub repeat_count: u32,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub diverted_to: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub updated_at: Timestamp,
     /// Set once the incident is dispatched; counted from the first event's
     /// receipt.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub deadlines: Option<Deadlines>,
     pub sla: Sla,
     pub units: Vec<IncidentUnit>,
@@ -380,6 +409,7 @@ fn is_false(b: &bool) -> bool {
 /// One unit the router would send, as it ranks them for an operator
 /// (recommend mode, `GET /api/v1/incidents/{id}/candidates`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Recommendation {
     pub unit: String,
     #[serde(rename = "type")]
@@ -399,6 +429,7 @@ pub struct Recommendation {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TaskKind {
     Respond,
@@ -418,6 +449,7 @@ impl TaskKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     Issued,
@@ -464,6 +496,7 @@ impl TaskStatus {
 /// Value of the `tasks` topic, keyed by unit: the full snapshot at each
 /// version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Task {
     pub id: String,
     pub incident: String,
@@ -471,16 +504,22 @@ pub struct Task {
     pub version: u64,
     pub kind: TaskKind,
     pub priority: u8,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub location: Option<Location>,
     pub summary: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub issued_at: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub deadlines: Option<Deadlines>,
     pub status: TaskStatus,
     /// Jurisdiction of the incident: commands about this task are keyed by
     /// it so they reach the router that owns the incident.
     pub jurisdiction: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub updated_at: Timestamp,
     /// Extension: the incident's kind.
+    /// Always served; the default is for reading older records.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[serde(default)]
     pub incident_kind: String,
     /// Extension: the first caller, to call back on the way.
@@ -501,6 +540,7 @@ pub struct Task {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum UnitType {
     PatrolCar,
@@ -535,6 +575,7 @@ impl UnitType {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum UnitStatus {
     Available,
@@ -563,21 +604,28 @@ impl UnitStatus {
 
 /// Value of the `units` topic (compacted by unit id).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Unit {
     pub id: String,
     #[serde(rename = "type")]
     pub unit_type: UnitType,
     pub jurisdiction: String,
     pub status: UnitStatus,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub lat: Option<f64>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub lon: Option<f64>,
     /// When the position or status was last reported.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub at: Timestamp,
     /// The task the unit is working on, if any.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub task: Option<String>,
     /// Bumped by the router, the only writer of status and task, on each
     /// record it publishes: a consumer (or a rebuild) that reads two
     /// records of a unit keeps the higher. Position reports keep it.
+    /// Always served; the default is for reading older records.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     #[serde(default)]
     pub version: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -590,6 +638,7 @@ pub struct Unit {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EscalationKind {
     /// A 1-3-5 stage passed its deadline.
@@ -615,10 +664,12 @@ pub enum EscalationKind {
 
 /// Value of the `escalations` topic, keyed by incident id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Escalation {
     pub id: String,
     pub incident: String,
     pub jurisdiction: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub at: Timestamp,
     pub kind: EscalationKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]

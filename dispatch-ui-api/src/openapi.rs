@@ -1,13 +1,15 @@
 //! The OpenAPI document of the REST api, generated from the handlers'
 //! annotations (utoipa) and served at `/api/v1/openapi.json` without a
 //! token. Never hand-written: a route without an annotation is missing
-//! here, which the tests check.
+//! here, which the tests check. Every reply names its body's schema, and
+//! `tests/schema.rs` checks what the api serves against the document.
 
 use axum::Json;
+use bus::model;
 use utoipa::OpenApi;
 
 use crate::error::ErrorBody;
-use crate::rest;
+use crate::{rest, stats};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,8 +30,24 @@ use crate::rest;
         rest::get_info,
         rest::get_jurisdictions,
     ),
-    components(schemas(ErrorBody, rest::AcceptedBody, rest::CandidatesBody)),
-    modifiers(&BearerAuth),
+    components(schemas(
+        ErrorBody,
+        rest::AcceptedBody,
+        rest::CandidatesBody,
+        rest::IncidentList,
+        rest::UnitList,
+        rest::InfoBody,
+        rest::JurisdictionList,
+        stats::StatsBody,
+        stats::CoverageBody,
+        // Not REST replies: what the WebSocket pushes (`task`,
+        // `escalation`) and the commands clients send, REST bodies being
+        // a command without its `op` and id (asyncapi.yaml).
+        model::Task,
+        model::Escalation,
+        model::Command,
+    )),
+    modifiers(&BearerAuth, &CommandsDenyUnknownFields),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
@@ -49,6 +67,27 @@ impl utoipa::Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// `Command` is `#[serde(deny_unknown_fields)]`: a command with a field its
+/// `op` does not have is refused. utoipa says so for structs but not for the
+/// variants of an internally tagged enum, so each variant is closed here.
+struct CommandsDenyUnknownFields;
+
+impl utoipa::Modify for CommandsDenyUnknownFields {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{AdditionalProperties, Schema};
+        let command = openapi.components.as_mut().and_then(|c| c.schemas.get_mut("Command"));
+        let Some(RefOr::T(Schema::OneOf(one_of))) = command else {
+            return;
+        };
+        for variant in &mut one_of.items {
+            if let RefOr::T(Schema::Object(object)) = variant {
+                object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+            }
+        }
     }
 }
 

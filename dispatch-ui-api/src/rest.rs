@@ -3,21 +3,22 @@
 //! allow. Reads come from the Store (the router's hot state) and the local
 //! view; nothing here writes state.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use bus::model::{Incident, Role, Unit};
+use bus::config::{AreaType, DispatchMode};
+use bus::model::{Incident, Recommendation, Role, Unit};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::AppState;
 use crate::auth::{Principal, may_read};
 use crate::error::{ApiError, ErrorBody};
-use crate::stats;
+use crate::stats::{self, CoverageBody, StatsBody};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
@@ -80,14 +81,21 @@ pub struct IncidentQuery {
     limit: Option<String>,
 }
 
+/// `GET /api/v1/incidents`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct IncidentList {
+    /// Visible to the caller, newest first.
+    pub incidents: Vec<Incident>,
+}
+
 #[utoipa::path(get, path = "/api/v1/incidents", params(IncidentQuery),
-    responses((status = 200, description = "incidents visible to the caller, newest first"),
+    responses((status = 200, description = "incidents visible to the caller, newest first", body = IncidentList),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list_incidents(
     State(state): State<AppState>,
     p: Principal,
     Query(q): Query<IncidentQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<IncidentList>, ApiError> {
     require_read(&p)?;
     let status = q.status.as_deref().unwrap_or("open");
     let (open, closed) = match status {
@@ -120,11 +128,12 @@ pub async fn list_incidents(
         .collect();
     incidents.sort_by_key(|i| std::cmp::Reverse(i.created_at));
     incidents.truncate(limit);
-    Ok(Json(json!({ "incidents": incidents })))
+    Ok(Json(IncidentList { incidents }))
 }
 
 #[utoipa::path(get, path = "/api/v1/incidents/{id}",
-    responses((status = 200, description = "one incident with its timeline"),
+    params(("id" = String, Path, description = "incident id")),
+    responses((status = 200, description = "one incident with its timeline", body = Incident),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_incident(
     State(state): State<AppState>,
@@ -152,15 +161,31 @@ pub struct CandidatesBody {
     pub incident: String,
     /// Automatic dispatch is held for the incident.
     pub hold: bool,
-    /// The configured dispatch mode of the incident's priority: `auto` or
-    /// `recommend`.
-    #[schema(value_type = String)]
-    pub mode: bus::config::DispatchMode,
-    /// Best first, as the router wrote them on the incident (`unit`,
-    /// `type`, `eta_s`, `in_time`, `distance_m`, and for a busy unit the
-    /// `task` it would be taken off and its `task_priority`).
-    #[schema(value_type = Vec<Object>)]
-    pub candidates: Vec<bus::model::Recommendation>,
+    /// The configured dispatch mode of the incident's priority.
+    pub mode: Mode,
+    /// Best first, as the router wrote them on the incident.
+    pub candidates: Vec<Recommendation>,
+}
+
+/// A priority's dispatch mode (`dispatch.mode`): `auto`, the router sends
+/// the units; `recommend`, it ranks them and an operator assigns.
+// Serialises as `bus::config::DispatchMode` does, which has no schema: the
+// exhaustive `From` keeps the two in step.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = DispatchMode)]
+pub enum Mode {
+    Auto,
+    Recommend,
+}
+
+impl From<DispatchMode> for Mode {
+    fn from(mode: DispatchMode) -> Self {
+        match mode {
+            DispatchMode::Auto => Mode::Auto,
+            DispatchMode::Recommend => Mode::Recommend,
+        }
+    }
 }
 
 /// The units the router recommends for an incident. The api never ranks
@@ -176,17 +201,23 @@ pub async fn get_candidates(
 ) -> Result<Json<CandidatesBody>, ApiError> {
     let incident = visible_incident(&state, &p, &id).await?;
     Ok(Json(CandidatesBody {
-        mode: state.config.dispatch.mode(incident.priority),
+        mode: state.config.dispatch.mode(incident.priority).into(),
         incident: incident.id,
         hold: incident.hold,
         candidates: incident.candidates,
     }))
 }
 
+/// `GET /api/v1/units`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UnitList {
+    pub units: Vec<Unit>,
+}
+
 #[utoipa::path(get, path = "/api/v1/units",
-    responses((status = 200, description = "units visible to the caller; a unit sees itself"),
+    responses((status = 200, description = "units visible to the caller; a unit sees itself", body = UnitList),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn list_units(State(state): State<AppState>, p: Principal) -> Result<Json<Value>, ApiError> {
+pub async fn list_units(State(state): State<AppState>, p: Principal) -> Result<Json<UnitList>, ApiError> {
     let claims = &p.0;
     let units: Vec<Unit> = match claims.role {
         Role::Unit => state
@@ -207,7 +238,7 @@ pub async fn list_units(State(state): State<AppState>, p: Principal) -> Result<J
                 .collect()
         }
     };
-    Ok(Json(json!({ "units": units })))
+    Ok(Json(UnitList { units }))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -217,13 +248,13 @@ pub struct StatsQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/stats", params(StatsQuery),
-    responses((status = 200, description = "1-3-5 KPIs over the window"),
+    responses((status = 200, description = "1-3-5 KPIs over the window", body = StatsBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn get_stats(
     State(state): State<AppState>,
     p: Principal,
     Query(q): Query<StatsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StatsBody>, ApiError> {
     require_read(&p)?;
     let text = q.window.as_deref().unwrap_or("1h");
     let window = bus::auth::parse_ttl(text)
@@ -234,9 +265,10 @@ pub async fn get_stats(
 }
 
 #[utoipa::path(get, path = "/api/v1/coverage",
-    responses((status = 200, description = "per grid cell: reachable within 60/180/300 s by an available unit"),
+    responses((status = 200, description = "per grid cell: reachable within 60/180/300 s by an available unit",
+        body = CoverageBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn get_coverage(State(state): State<AppState>, p: Principal) -> Result<Json<Value>, ApiError> {
+pub async fn get_coverage(State(state): State<AppState>, p: Principal) -> Result<Json<CoverageBody>, ApiError> {
     require_read(&p)?;
     let units = state.store.units().await?;
     let claims = p.0.clone();
@@ -249,51 +281,138 @@ pub async fn get_coverage(State(state): State<AppState>, p: Principal) -> Result
     Ok(Json(coverage))
 }
 
+/// `GET /api/v1/info`: what this instance runs with.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InfoBody {
+    /// The qzx version.
+    pub version: &'static str,
+    pub kafka: KafkaInfo,
+    /// The Store's kind (`redis` or `memory`).
+    pub store: &'static str,
+    /// Topic names by suffix (`events`, `actions`, …), with the prefix.
+    pub topics: BTreeMap<String, String>,
+    pub instance: String,
+    pub dispatch: DispatchInfo,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KafkaInfo {
+    /// The bootstrap servers.
+    pub brokers: String,
+    /// The embedded broker, not a real Kafka.
+    pub embedded: bool,
+}
+
+/// The `[dispatch]` settings the board needs.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DispatchInfo {
+    /// A unit not heard from for longer is not dispatched: the board marks
+    /// it stale.
+    pub stale_after_s: u64,
+    /// By priority, `"1"` to `"4"`, every one of them.
+    pub mode: BTreeMap<String, Mode>,
+    /// Priorities whose incidents may take a unit off another task.
+    pub preempt_for: Vec<u8>,
+    /// Only tasks of this priority or lower (a higher number) are taken.
+    pub preempt_from: u8,
+}
+
 #[utoipa::path(get, path = "/api/v1/info",
     responses((status = 200, description = "version, brokers, store kind, topics; `dispatch`: `stale_after_s` \
 (a unit not heard from for longer is not dispatched: the board marks it stale), `mode` by priority \
-(`auto` or `recommend`), `preempt_for`, `preempt_from`"), (status = 401, body = ErrorBody)))]
-pub async fn get_info(State(state): State<AppState>, _p: Principal) -> Json<Value> {
-    let topics: serde_json::Map<String, Value> = bus::topics::Topic::ALL
+(`auto` or `recommend`), `preempt_for`, `preempt_from`", body = InfoBody), (status = 401, body = ErrorBody)))]
+pub async fn get_info(State(state): State<AppState>, _p: Principal) -> Json<InfoBody> {
+    let topics = bus::topics::Topic::ALL
         .into_iter()
-        .map(|t| (t.suffix().to_owned(), Value::String(state.topics.name(t))))
+        .map(|t| (t.suffix().to_owned(), state.topics.name(t)))
         .collect();
     let dispatch = &state.config.dispatch;
     // Every priority, also those the configuration leaves at the default.
-    let mode: serde_json::Map<String, Value> = (1..=4u8).map(|p| (p.to_string(), json!(dispatch.mode(p)))).collect();
-    Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "kafka": {"brokers": state.brokers.bootstrap(), "embedded": state.brokers.is_embedded()},
-        "store": state.store.kind(),
-        "topics": topics,
-        "instance": state.instance,
-        "dispatch": {
-            "stale_after_s": dispatch.stale_after_s,
-            "mode": mode,
-            "preempt_for": dispatch.preempt_for,
-            "preempt_from": dispatch.preempt_from,
+    let mode = (1..=4u8).map(|p| (p.to_string(), dispatch.mode(p).into())).collect();
+    Json(InfoBody {
+        version: env!("CARGO_PKG_VERSION"),
+        kafka: KafkaInfo {
+            brokers: state.brokers.bootstrap().to_owned(),
+            embedded: state.brokers.is_embedded(),
         },
-    }))
+        store: state.store.kind(),
+        topics,
+        instance: state.instance.clone(),
+        dispatch: DispatchInfo {
+            stale_after_s: dispatch.stale_after_s,
+            mode,
+            preempt_for: dispatch.preempt_for.clone(),
+            preempt_from: dispatch.preempt_from,
+        },
+    })
+}
+
+/// `GET /api/v1/jurisdictions`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JurisdictionList {
+    pub jurisdictions: Vec<JurisdictionBody>,
+}
+
+/// A station area as the board draws it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JurisdictionBody {
+    pub id: String,
+    pub name: String,
+    pub name_en: String,
+    pub centre: LatLon,
+    pub area_type: AreaKind,
+    /// The polygon; empty for the fallback (the city command centre).
+    pub area: Vec<LatLon>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LatLon {
+    pub lat: f64,
+    pub lon: f64,
+}
+
+/// A jurisdiction's area type, which sets its 1-3-5 targets.
+// Serialises as `bus::config::AreaType` does, which has no schema: the
+// exhaustive `From` keeps the two in step.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = AreaType)]
+pub enum AreaKind {
+    Urban,
+    Suburban,
+    Rural,
+}
+
+impl From<AreaType> for AreaKind {
+    fn from(area: AreaType) -> Self {
+        match area {
+            AreaType::Urban => AreaKind::Urban,
+            AreaType::Suburban => AreaKind::Suburban,
+            AreaType::Rural => AreaKind::Rural,
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/jurisdictions",
-    responses((status = 200, description = "id, name, name_en, centre and area of each jurisdiction"), (status = 401, body = ErrorBody)))]
-pub async fn get_jurisdictions(State(state): State<AppState>, _p: Principal) -> Json<Value> {
-    let list: Vec<Value> = state
+    responses((status = 200, description = "id, name, name_en, centre and area of each jurisdiction",
+        body = JurisdictionList), (status = 401, body = ErrorBody)))]
+pub async fn get_jurisdictions(State(state): State<AppState>, _p: Principal) -> Json<JurisdictionList> {
+    let point = |[lat, lon]: [f64; 2]| LatLon { lat, lon };
+    let jurisdictions = state
         .config
         .city
         .jurisdictions
         .iter()
-        .map(|j| {
-            json!({
-                "id": j.id, "name": j.name, "name_en": j.name_en,
-                "centre": {"lat": j.centre[0], "lon": j.centre[1]},
-                "area_type": j.area_type,
-                "area": j.area.iter().map(|[lat, lon]| json!({"lat": lat, "lon": lon})).collect::<Vec<_>>(),
-            })
+        .map(|j| JurisdictionBody {
+            id: j.id.clone(),
+            name: j.name.clone(),
+            name_en: j.name_en.clone(),
+            centre: point(j.centre),
+            area_type: j.area_type.into(),
+            area: j.area.iter().copied().map(point).collect(),
         })
         .collect();
-    Json(json!({ "jurisdictions": list }))
+    Json(JurisdictionList { jurisdictions })
 }
 
 /// Parses a command body: empty means `{}`; it must be a JSON object.
@@ -382,6 +501,7 @@ pub async fn create_incident(State(state): State<AppState>, p: Principal, body: 
 }
 
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/ack",
+    params(("id" = String, Path, description = "task id")),
     responses((status = 202, description = "published to the actions topic", body = AcceptedBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -438,6 +558,7 @@ pub async fn task_note(
 }
 
 #[utoipa::path(post, path = "/api/v1/units/{id}/status",
+    params(("id" = String, Path, description = "unit id")),
     responses((status = 202, description = "published to the actions topic", body = AcceptedBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]

@@ -9,6 +9,7 @@ use super::{Caller, Feedback, Location, Timestamp, UnitType};
 
 /// What a unit may report with the `status` command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ReportedStatus {
     Available,
@@ -24,6 +25,7 @@ pub enum ReportedStatus {
 
 /// How `assign` adds its unit to the incident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AssignMode {
     /// The unit becomes the primary: the open primary tasks are cancelled.
@@ -50,6 +52,7 @@ fn yes() -> bool {
 /// A command as a client sends it over WebSocket or REST (the `op` field
 /// names it). The api validates and authorises it; the router applies it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     Ack {
@@ -154,6 +157,7 @@ pub enum Command {
     Hold {
         incident: String,
         #[serde(default = "yes")]
+        #[cfg_attr(feature = "openapi", schema(default = true))]
         hold: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
