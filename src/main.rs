@@ -400,7 +400,10 @@ async fn run_services(mut config: Config, services: Services) -> anyhow::Result<
         .with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "listening");
-    sup.spawn("http", serve::serve(listener, app, sup.token()));
+    sup.spawn(
+        "http",
+        serve::serve(listener, app, ctx.config.http.clone(), sup.token()),
+    );
     if let Some((city, demo)) = simulation {
         print_demo_banner(&ctx, local);
         start_simulator(city, demo, local, &mut sup)?;

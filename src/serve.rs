@@ -1,7 +1,11 @@
 //! The HTTP edge every `qzx` process shares: `/healthz`, `/readyz` and
-//! `/metrics` next to whatever the services route, and serving with
-//! graceful shutdown (stop accepting, finish in-flight requests). Service
-//! routes live in their crates, never here.
+//! `/metrics` next to whatever the services route, and serving with a
+//! connection cap, a header read timeout and graceful shutdown (stop
+//! accepting, finish in-flight requests). Service routes live in their
+//! crates, never here.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -9,7 +13,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bus::ServiceContext;
+use bus::config::HttpConfig;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Bucket bounds for every histogram of durations in seconds: buckets,
@@ -69,10 +77,143 @@ async fn render_metrics(State(common): State<Common>) -> Response {
 }
 
 /// Serves until `shutdown`, then stops accepting and lets in-flight
-/// requests finish.
-pub async fn serve(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+/// requests finish. The edge a police system needs and `axum::serve` does
+/// not give: at most `http.max_connections` connections are served at
+/// once (a WebSocket, once upgraded, no longer counts: the api bounds its
+/// own), and a request whose headers do not arrive within
+/// `http.header_read_timeout_s` closes its connection, so a client that
+/// trickles header bytes on thousands of sockets starves nobody.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: HttpConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let max = limits.max_connections.max(1);
+    let permits = Arc::new(Semaphore::new(max));
+    let header_timeout = Duration::from_secs(limits.header_read_timeout_s.max(1));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit?,
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    // In-flight requests finish: every permit back means every connection
+    // done (the supervisor bounds how long this may take).
+    let _all = permits.acquire_many(u32::try_from(max).unwrap_or(u32::MAX)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn start(max_connections: usize) -> (std::net::SocketAddr, CancellationToken) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/", get(|| async { "ok" }));
+        let limits = HttpConfig {
+            max_connections,
+            header_read_timeout_s: 1,
+            body_read_timeout_s: 1,
+        };
+        let token = CancellationToken::new();
+        tokio::spawn(serve(listener, app, limits, token.clone()));
+        (addr, token)
+    }
+
+    /// Sends a whole request on a fresh connection; the response's first
+    /// line, or None when nothing came within `wait`.
+    async fn get_root(addr: std::net::SocketAddr, wait: Duration) -> Option<String> {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 256];
+        let n = tokio::time::timeout(wait, s.read(&mut buf)).await.ok()?.ok()?;
+        String::from_utf8_lossy(&buf[..n]).lines().next().map(str::to_owned)
+    }
+
+    #[tokio::test]
+    async fn a_client_trickling_header_bytes_is_cut_off() {
+        let (addr, _token) = start(16).await;
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ").await.unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 256];
+        // The server answers (408) or just closes: either way within the
+        // timeout, and nothing after it.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match slow.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("the connection is closed at the header timeout");
+        assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+        assert_eq!(
+            get_root(addr, Duration::from_secs(2)).await.as_deref(),
+            Some("HTTP/1.1 200 OK")
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_wait_until_one_is_freed() {
+        let (addr, _token) = start(2).await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+            held.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Both slots are held: a third client waits (in the backlog) ...
+        assert_eq!(get_root(addr, Duration::from_millis(300)).await, None);
+        // ... and is served once the header timeout frees a slot.
+        assert_eq!(
+            get_root(addr, Duration::from_secs(3)).await.as_deref(),
+            Some("HTTP/1.1 200 OK")
+        );
+        drop(held);
+    }
 }

@@ -60,6 +60,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub mqtt: MqttConfig,
     pub api: ApiConfig,
+    pub http: HttpConfig,
     pub router: RouterConfig,
     pub dispatch: DispatchConfig,
     pub sim: SimConfig,
@@ -158,6 +159,21 @@ pub struct ApiConfig {
     pub history_max_age_s: u64,
     pub history_max_len: usize,
     pub close_grace_ms: u64,
+}
+
+/// The HTTP edge of every process (ingest and api): what one client may
+/// hold of a server before it is cut off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Connections served at once before a WebSocket upgrade (more wait in
+    /// the kernel's backlog).
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, or the connection is
+    /// closed: a client trickling header bytes holds nothing for long.
+    pub header_read_timeout_s: u64,
+    /// A request body must arrive within this (ingest answers 408).
+    pub body_read_timeout_s: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -345,6 +361,12 @@ impl Config {
     /// relations between values. Names the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.dispatch.validate()?;
+        if self.http.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be at least 1"));
+        }
+        if self.http.header_read_timeout_s == 0 || self.http.body_read_timeout_s == 0 {
+            return Err(invalid("http.header_read_timeout_s", "timeouts must be at least 1 s"));
+        }
         let k = &self.kafka;
         if k.partitions < 1 {
             return Err(invalid("kafka.partitions", "must be at least 1"));

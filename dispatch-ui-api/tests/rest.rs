@@ -162,7 +162,9 @@ async fn commands_are_published_keyed_by_jurisdiction_with_their_errors() {
         &[Topic::Actions],
     )
     .unwrap();
-    let op = api.token(Role::Operator, &["quancheng"], None);
+    // The unit is borrowed from a neighbouring station: the operator
+    // covers both (a station operator sends only its own units).
+    let op = api.token(Role::Operator, &["quancheng", "jiefangqiao"], None);
 
     let (s, body, _) = post(
         &api,

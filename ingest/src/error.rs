@@ -35,6 +35,10 @@ pub enum IngestError {
     /// would become an event, so one request could flood the intake.
     #[error("the alert has {count} <info> elements; at most {limit} are accepted")]
     TooManyInfos { count: usize, limit: usize },
+    /// The body did not arrive within `http.body_read_timeout_s`; what
+    /// came is dead-lettered, the client must send the request again.
+    #[error("the body did not arrive within {seconds} s; send the request again")]
+    BodyTimeout { seconds: u64 },
     #[error("content type {0}")]
     UnsupportedMediaType(String),
     /// Kafka or the store could not take the request in bounded time: retry.
@@ -63,6 +67,7 @@ impl IngestError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             IngestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IngestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             IngestError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -77,6 +82,7 @@ impl IngestError {
             IngestError::BatchTooLarge { .. } => "batch_too_large",
             IngestError::TooManyInfos { .. } => "too_many_infos",
             IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
+            IngestError::BodyTimeout { .. } => "body_timeout",
             IngestError::Unavailable { .. } => "unavailable",
             IngestError::Internal(_) => "internal",
         }

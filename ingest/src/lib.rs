@@ -211,24 +211,40 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
         .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
 }
 
-/// Reads the body up to `limit` bytes. Returns the bytes read and whether
-/// there was more (the rest is not read: a client cannot make us buffer
-/// more than the limit).
-async fn read_limited(body: Body, limit: usize) -> Result<(Vec<u8>, bool), IngestError> {
+/// How reading a body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyEnd {
+    Complete,
+    /// There was more than the limit (the rest is not read: a client cannot
+    /// make us buffer more than the limit).
+    Oversize,
+    /// The client did not send it all in time (`http.body_read_timeout_s`):
+    /// a trickled body holds a connection and a buffer for no longer.
+    TimedOut,
+}
+
+/// Reads the body up to `limit` bytes within `timeout`. Returns the bytes
+/// read and how it ended.
+async fn read_limited(body: Body, limit: usize, timeout: Duration) -> Result<(Vec<u8>, BodyEnd), IngestError> {
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => return Ok((buf, BodyEnd::TimedOut)),
+            Ok(None) => return Ok((buf, BodyEnd::Complete)),
+            Ok(Some(chunk)) => chunk,
+        };
         let chunk = chunk.map_err(|e| {
             IngestError::bad_request("body_unreadable", format!("reading the body failed: {e}"), vec![])
         })?;
         let room = limit - buf.len();
         if chunk.len() > room {
             buf.extend_from_slice(&chunk[..room]);
-            return Ok((buf, true));
+            return Ok((buf, BodyEnd::Oversize));
         }
         buf.extend_from_slice(&chunk);
     }
-    Ok((buf, false))
 }
 
 /// Dead-letters a body that is refused as a whole, then returns the error
@@ -305,9 +321,15 @@ async fn read_request(
         sender: Some(claims.sub),
     };
     let limit = ingest.config.ingest.max_body_bytes;
-    let (raw, oversize) = read_limited(body, limit).await?;
-    if oversize {
-        return Err(refuse(ingest, &raw, IngestError::TooLarge { limit }, &origin).await);
+    let timeout = Duration::from_secs(ingest.config.http.body_read_timeout_s.max(1));
+    let (raw, end) = read_limited(body, limit, timeout).await?;
+    match end {
+        BodyEnd::Complete => {}
+        BodyEnd::Oversize => return Err(refuse(ingest, &raw, IngestError::TooLarge { limit }, &origin).await),
+        BodyEnd::TimedOut => {
+            let seconds = timeout.as_secs();
+            return Err(refuse(ingest, &raw, IngestError::BodyTimeout { seconds }, &origin).await);
+        }
     }
     Ok(Read {
         raw: Arc::new(raw),

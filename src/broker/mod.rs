@@ -48,6 +48,7 @@ pub struct BrokerArgs {
 
 /// Runs the broker until SIGINT or SIGTERM.
 pub async fn run(config: Config, args: BrokerArgs) -> anyhow::Result<()> {
+    let http = config.http.clone();
     let brokers = args.brokers.unwrap_or(config.kafka.embedded_brokers);
     if brokers < 1 {
         bail!("--brokers must be at least 1");
@@ -75,7 +76,7 @@ pub async fn run(config: Config, args: BrokerArgs) -> anyhow::Result<()> {
     let mut sup = Supervisor::default();
     bus::service::cancel_on_signals(sup.token());
     let app = control::router(broker.clone(), &created);
-    sup.spawn("control", serve::serve(listener, app, sup.token()));
+    sup.spawn("control", serve::serve(listener, app, http, sup.token()));
 
     if let Some(file) = &args.bootstrap_file {
         write_atomically(file, &bootstrap)?;
