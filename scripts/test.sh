@@ -123,5 +123,5 @@ fi
 (
   cd "$repo/tests/browser"
   npm ci --no-audit --no-fund --loglevel=error
-  QZX_BIN="$repo/target/debug/qzx" npm test
+  QZX_BIN="${CARGO_TARGET_DIR:-$repo/target}/debug/qzx" npm test
 )
