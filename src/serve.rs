@@ -180,7 +180,7 @@ mod tests {
         let mut buf = [0u8; 256];
         // The server answers (408) or just closes: either way within the
         // timeout, and nothing after it.
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 match slow.read(&mut buf).await {
                     Ok(0) | Err(_) => break,

@@ -189,7 +189,7 @@ impl Ingest {
             let mut kept = Vec::with_capacity(reports.len());
             for ((index, report), stored) in reports.into_iter().zip(stored) {
                 let jurisdiction = stored.map_or_else(|| self.new_unit(&report).jurisdiction, |u| u.jurisdiction);
-                if allowed.iter().any(|j| *j == jurisdiction) {
+                if allowed.contains(&jurisdiction) {
                     kept.push((index, report));
                     continue;
                 }
