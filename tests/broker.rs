@@ -262,7 +262,7 @@ async fn qzx_all_in_another_process_runs_on_it() {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let secret = "broker-test-secret";
+    let secret = "broker-test-secret-of-thirty-two-bytes";
     let _all = Process(
         qzx(
             &["all"],

@@ -103,6 +103,12 @@ pub enum Flag {
     /// kept in `attrs.malformed` when small; the full original is on the
     /// dead-letter topic with the event's id.
     Malformed,
+    /// Extension: a CAP alert with `status` Exercise or Test: recorded as
+    /// an incident, never dispatched.
+    Exercise,
+    /// Extension: a CAP alert whose `expires` was already past when it
+    /// arrived: recorded as an incident, not dispatched.
+    Expired,
 }
 
 impl Flag {
@@ -114,6 +120,8 @@ impl Flag {
             Flag::Truncated => "truncated",
             Flag::BadCoordinates => "bad_coordinates",
             Flag::Malformed => "malformed",
+            Flag::Exercise => "exercise",
+            Flag::Expired => "expired",
         }
     }
 

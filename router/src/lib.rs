@@ -16,6 +16,7 @@
 //! service may write incident state.
 
 pub mod briefing;
+pub mod cap;
 mod clock;
 mod commands;
 mod dispatch;
