@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::model::UnitType;
 
 mod dispatch;
+mod ladder;
 
 pub use dispatch::{DispatchConfig, DispatchMode};
+pub use ladder::LadderConfig;
 
 /// The compiled-in defaults: the demo city.
 pub const DEFAULT_TOML: &str = include_str!("../../config/qzx.toml");
@@ -63,6 +65,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub router: RouterConfig,
     pub dispatch: DispatchConfig,
+    pub ladder: LadderConfig,
     pub sim: SimConfig,
     pub city: CityConfig,
     pub desks: Vec<Desk>,
@@ -361,6 +364,7 @@ impl Config {
     /// relations between values. Names the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.dispatch.validate()?;
+        self.ladder.validate()?;
         if self.http.max_connections == 0 {
             return Err(invalid("http.max_connections", "must be at least 1"));
         }

@@ -30,6 +30,8 @@ pub const ROUTER_PROCESS_SECONDS: &str = "qzx_router_process_duration_seconds";
 pub const ROUTER_BATCH_RECORDS: &str = "qzx_router_batch_records";
 pub const ROUTER_SETTLE_SECONDS: &str = "qzx_router_settle_duration_seconds";
 pub const ROUTER_EVENTS_TOTAL: &str = "qzx_router_events_total";
+/// Rungs of the escalation ladder climbed, by stage.
+pub const ROUTER_LADDER_RUNGS_TOTAL: &str = "qzx_router_ladder_rungs_total";
 pub const ROUTER_ACTIONS_TOTAL: &str = "qzx_router_actions_total";
 pub const ROUTER_INCIDENTS_TOTAL: &str = "qzx_router_incidents_total";
 pub const ROUTER_INCIDENTS_OPEN: &str = "qzx_router_incidents_open";

@@ -408,6 +408,60 @@ pub struct Incident {
     /// Extension: the incident this one was split from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_from: Option<String>,
+    /// Extension: the escalation ladder's progress on each breached stage.
+    #[serde(default, skip_serializing_if = "Ladder::is_empty")]
+    pub ladder: Ladder,
+    /// Extension: unit types an operator asked for (`escalate`) that no
+    /// available unit could serve yet: retried as units free up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requested: Vec<UnitType>,
+}
+
+/// How far the escalation ladder went on each stage of an incident that
+/// breached it: the clock climbs a rung each `ladder.interval_s` while the
+/// stage's condition does not hold (nobody acknowledged, nobody on scene,
+/// too few on scene).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Ladder {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respond: Option<Rung>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrive: Option<Rung>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reinforce: Option<Rung>,
+}
+
+impl Ladder {
+    pub fn is_empty(&self) -> bool {
+        self.respond.is_none() && self.arrive.is_none() && self.reinforce.is_none()
+    }
+
+    pub fn get(&self, stage: Stage) -> Option<&Rung> {
+        match stage {
+            Stage::Respond => self.respond.as_ref(),
+            Stage::Arrive => self.arrive.as_ref(),
+            Stage::Reinforce => self.reinforce.as_ref(),
+        }
+    }
+
+    pub fn set(&mut self, stage: Stage, rung: Rung) {
+        match stage {
+            Stage::Respond => self.respond = Some(rung),
+            Stage::Arrive => self.arrive = Some(rung),
+            Stage::Reinforce => self.reinforce = Some(rung),
+        }
+    }
+}
+
+/// The last rung climbed on one stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Rung {
+    /// 1 at the deadline, then one more each interval.
+    pub rung: u32,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub at: Timestamp,
 }
 
 fn is_false(b: &bool) -> bool {

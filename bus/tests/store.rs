@@ -185,6 +185,8 @@ async fn delete_keys(url: &str, prefix: &str) -> redis::RedisResult<usize> {
 fn incident(id: &str) -> Incident {
     let at = Utc.with_ymd_and_hms(2025, 3, 1, 8, 0, 0).single().expect("valid time");
     Incident {
+        ladder: Default::default(),
+        requested: Vec::new(),
         callers: Vec::new(),
         hold: false,
         candidates: Vec::new(),

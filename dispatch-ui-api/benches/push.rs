@@ -42,6 +42,8 @@ fn incident_json() -> Vec<u8> {
         eta_s: 240,
     };
     let incident = Incident {
+        ladder: Default::default(),
+        requested: Vec::new(),
         id: bus::model::new_id(),
         version: 4,
         status: IncidentStatus::Dispatched,

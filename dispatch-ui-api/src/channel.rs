@@ -175,7 +175,8 @@ impl Meta {
 /// A record of a pushed topic, parsed once, straight to its model type.
 #[derive(Debug)]
 pub enum PushRecord {
-    Incident(Incident),
+    /// Boxed: an incident snapshot is several times the size of the others.
+    Incident(Box<Incident>),
     Task(Task),
     Event(Event),
     Unit(Unit),
@@ -187,7 +188,7 @@ impl PushRecord {
     /// is not JSON or not of that shape.
     pub fn parse(kind: PushKind, json: &[u8]) -> Result<PushRecord, serde_json::Error> {
         Ok(match kind {
-            PushKind::Incident => PushRecord::Incident(serde_json::from_slice(json)?),
+            PushKind::Incident => PushRecord::Incident(Box::new(serde_json::from_slice(json)?)),
             PushKind::Task => PushRecord::Task(serde_json::from_slice(json)?),
             PushKind::Event => PushRecord::Event(serde_json::from_slice(json)?),
             PushKind::Unit => PushRecord::Unit(serde_json::from_slice(json)?),
@@ -393,6 +394,8 @@ mod tests {
         use bus::model::*;
         let now = chrono::Utc::now();
         let incident = Incident {
+            ladder: Default::default(),
+            requested: Vec::new(),
             id: "i-1".into(),
             version: 3,
             status: IncidentStatus::Dispatched,

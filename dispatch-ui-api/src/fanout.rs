@@ -172,7 +172,7 @@ impl Fanout {
         let meta = parsed.meta();
         let kind = meta.kind;
         match parsed {
-            PushRecord::Incident(incident) => self.view.apply_incident(incident),
+            PushRecord::Incident(incident) => self.view.apply_incident(*incident),
             PushRecord::Task(task) => self.view.apply_task(task),
             PushRecord::Unit(unit) => self.view.apply_unit(unit),
             PushRecord::Event(_) | PushRecord::Escalation(_) => {}

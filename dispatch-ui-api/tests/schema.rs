@@ -599,6 +599,14 @@ fn full_incident(id: &str) -> Incident {
     i.merged_into = Some("i-into".into());
     i.merged = vec!["i-a".into(), "i-b".into()];
     i.split_from = Some("i-from".into());
+    i.ladder.set(
+        bus::model::Stage::Respond,
+        bus::model::Rung {
+            rung: 2,
+            at: chrono::Utc::now(),
+        },
+    );
+    i.requested = vec![bus::model::UnitType::Special];
     i
 }
 

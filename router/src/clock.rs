@@ -1,6 +1,8 @@
 //! The router's clock: each tick breaches the 1-3-5 stages past their
-//! deadline (escalation, metric, timeline, re-dispatch of a task not
-//! acknowledged), retries dispatch for incidents still waiting for units,
+//! deadline (escalation, metric, timeline) and climbs the escalation
+//! ladder of each stage still not met (`ladder`: re-dispatch, backup,
+//! reinforcements, alarms), retries dispatch for incidents still waiting
+//! for units (and unit types an operator asked for),
 //! and now and then reconciles unit claims: a unit held by a task that is
 //! not open (a claim no router can explain, say from a version of qzx
 //! that claimed units before committing) is made available again, with an
@@ -13,9 +15,10 @@ use std::collections::HashMap;
 
 use bus::model::{EscalationKind, Incident, Stage, Task, Timestamp, Unit, UnitStatus};
 
-use crate::dispatch::{escalation, redispatch, top_up};
+use crate::dispatch::{escalation, top_up};
 use crate::engine::Engine;
 use crate::incident::derive_status;
+use crate::ladder;
 use crate::plan::needs_units;
 use crate::tx::{Books, Tx, task_key};
 
@@ -53,12 +56,13 @@ impl Clock {
     }
 }
 
-fn clock_due(incident: &Incident, now: Timestamp) -> bool {
-    incident.deadlines.as_ref().is_some_and(|d| {
-        Stage::ALL
-            .iter()
-            .any(|s| incident.sla.get(*s) == bus::model::SlaState::Pending && now > d.get(*s))
-    })
+fn clock_due(engine: &Engine, incident: &Incident, now: Timestamp) -> bool {
+    !ladder::due(engine, incident, now).is_empty()
+        || incident.deadlines.as_ref().is_some_and(|d| {
+            Stage::ALL
+                .iter()
+                .any(|s| incident.sla.get(*s) == bus::model::SlaState::Pending && now > d.get(*s))
+        })
 }
 
 /// One tick over the open incidents this instance holds; stages one
@@ -67,7 +71,7 @@ pub(crate) async fn tick(books: &mut Books, engine: &Engine, clock: &mut Clock, 
     let due: Vec<String> = books
         .open
         .values()
-        .filter(|i| clock_due(i, now))
+        .filter(|i| clock_due(engine, i, now))
         .map(|i| i.id.clone())
         .collect();
     // Units another instance freed are found here: a few waiting
@@ -120,7 +124,7 @@ fn waiting_to_retry(books: &Books, engine: &Engine, clock: &mut Clock, budget: u
     let waiting: Vec<&Incident> = books
         .open
         .values()
-        .filter(|i| !clock_due(i, now) && needs_units(engine, i))
+        .filter(|i| !clock_due(engine, i, now) && needs_units(engine, i))
         .collect();
     let mut ranked: Vec<_> = waiting
         .iter()
@@ -150,16 +154,23 @@ async fn step(tx: &mut Tx<'_>, engine: &Engine, mut incident: Incident, now: Tim
     if needs_units(engine, &incident) {
         top_up(tx, engine, &mut incident, now).await?;
     }
-    for stage in engine.clock(&mut incident, now) {
+    let breached = engine.clock(&mut incident, now);
+    for stage in &breached {
         metrics::counter!(bus::metrics::ROUTER_SLA_BREACHED_TOTAL, "stage" => stage.as_str()).increment(1);
         tracing::info!(incident = %incident.id, stage = stage.as_str(), "sla stage breached");
         let desks = vec![engine.config().router.supervisor_desk.clone()];
         let message = format!("{} target breached", stage.as_str());
         let mut breach = escalation(&incident, EscalationKind::SlaBreach, now, message, desks);
-        breach.stage = Some(stage);
+        breach.stage = Some(*stage);
         tx.escalate(breach);
-        if stage == Stage::Respond {
-            redispatch(tx, engine, &mut incident, now).await?;
+    }
+    // The first rung at the deadline, then one each interval while the
+    // stage is still not met (`ladder`).
+    let mut climbing = ladder::due(engine, &incident, now);
+    climbing.extend(breached.iter().filter(|s| incident.ladder.get(**s).is_none()));
+    for stage in climbing {
+        if !incident.hold {
+            ladder::climb(tx, engine, &mut incident, stage, now).await?;
         }
     }
     derive_status(&mut incident);

@@ -74,7 +74,46 @@ pub(crate) async fn top_up(
     if let Some(why) = plan.shortfall {
         no_unit(tx, engine, incident, now, &why);
     }
+    serve_requests(tx, engine, incident, now).await?;
     derive_status(incident);
+    Ok(())
+}
+
+/// Sends the unit types operators asked for that no unit could serve when
+/// they asked (`requested`), as far as units of those types are free now.
+async fn serve_requests(
+    tx: &mut Tx<'_>,
+    engine: &Engine,
+    incident: &mut Incident,
+    now: Timestamp,
+) -> anyhow::Result<()> {
+    for unit_type in incident.requested.clone() {
+        let kind = match unit_type {
+            UnitType::Special | UnitType::Traffic => TaskKind::Investigate,
+            _ => TaskKind::Reinforce,
+        };
+        if dispatch(
+            tx,
+            engine,
+            incident,
+            kind,
+            UnitRole::Specialist,
+            Some(unit_type),
+            1,
+            now,
+        )
+        .await?
+            > 0
+        {
+            incident.requested.retain(|t| *t != unit_type);
+            let unit = incident.units.last().map(|u| u.unit.clone()).unwrap_or_default();
+            incident.timeline.push(entry(
+                now,
+                format!("requested {} unit sent: {unit}", unit_type.as_str()),
+                BY_ROUTER,
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -312,6 +312,8 @@ impl Engine {
         }
 
         Incident {
+            ladder: Default::default(),
+            requested: Vec::new(),
             id: new_id(),
             version: 0,
             status,

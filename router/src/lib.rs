@@ -24,6 +24,7 @@ pub mod engine;
 mod events;
 pub mod incident;
 pub mod index;
+pub mod ladder;
 pub mod partition;
 pub mod plan;
 mod preempt;

@@ -41,7 +41,9 @@ pub fn working_units(incident: &Incident) -> usize {
 }
 
 /// A police incident with a clock that has fewer units than it needs:
-/// none at all, or for P1 fewer than the reinforce target. An unlocated
+/// none at all, fewer than its priority's reinforce target
+/// (`reinforce_units`, for every priority), or a unit type an operator
+/// asked for that is still missing. An unlocated
 /// one waits for a person to place it, not for a unit: retrying it would
 /// take the retry slots of located incidents waiting for units.
 pub fn needs_units(engine: &Engine, incident: &Incident) -> bool {
@@ -53,12 +55,8 @@ pub fn needs_units(engine: &Engine, incident: &Incident) -> bool {
     {
         return false;
     }
-    let needed = if incident.priority == 1 {
-        engine.reinforce_units(&incident.jurisdiction, 1) as usize
-    } else {
-        1
-    };
-    working_units(incident) < needed
+    let needed = engine.reinforce_units(&incident.jurisdiction, incident.priority) as usize;
+    working_units(incident) < needed || !incident.requested.is_empty()
 }
 
 impl Engine {
@@ -102,7 +100,7 @@ impl Engine {
     }
 
     /// The units an incident still needs: a primary when none works on it,
-    /// and for P1 reinforcements up to the reinforce target, each unit
+    /// and reinforcements up to its priority's reinforce target, each unit
     /// once.
     pub fn plan_top_up(&self, incident: &Incident, candidates: &[Candidate], now: Timestamp) -> Plan {
         let mut plan = Plan::default();
@@ -115,33 +113,31 @@ impl Engine {
             }
             working += 1;
         }
-        if incident.priority == 1 {
-            let needed = self.reinforce_units(&incident.jurisdiction, 1) as usize;
-            if working < needed {
-                let missing = needed - working;
-                let chosen: HashSet<&str> = plan.issues.iter().map(|i| i.unit.id.as_str()).collect();
-                let rest: Vec<Candidate> = candidates
-                    .iter()
-                    .filter(|c| !chosen.contains(c.unit.id.as_str()))
-                    .cloned()
-                    .collect();
-                let reinforcements = self.pick(
-                    incident,
-                    TaskKind::Reinforce,
-                    UnitRole::Reinforcement,
-                    None,
-                    missing,
-                    &rest,
-                    now,
-                );
-                if reinforcements.len() < missing {
-                    plan.shortfall = Some(format!(
-                        "only {} of {needed} units available",
-                        working + reinforcements.len()
-                    ));
-                }
-                plan.issues.extend(reinforcements);
+        let needed = self.reinforce_units(&incident.jurisdiction, incident.priority) as usize;
+        if working < needed {
+            let missing = needed - working;
+            let chosen: HashSet<&str> = plan.issues.iter().map(|i| i.unit.id.as_str()).collect();
+            let rest: Vec<Candidate> = candidates
+                .iter()
+                .filter(|c| !chosen.contains(c.unit.id.as_str()))
+                .cloned()
+                .collect();
+            let reinforcements = self.pick(
+                incident,
+                TaskKind::Reinforce,
+                UnitRole::Reinforcement,
+                None,
+                missing,
+                &rest,
+                now,
+            );
+            if reinforcements.len() < missing {
+                plan.shortfall = Some(format!(
+                    "only {} of {needed} units available",
+                    working + reinforcements.len()
+                ));
             }
+            plan.issues.extend(reinforcements);
         }
         plan
     }

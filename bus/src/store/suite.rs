@@ -130,6 +130,8 @@ pub async fn move_unit(store: &dyn Store) {
 fn incident(id: &str, version: u64, status: IncidentStatus) -> Incident {
     let created = Utc.with_ymd_and_hms(2025, 3, 1, 8, 0, 0).single().expect("valid time");
     Incident {
+        ladder: Default::default(),
+        requested: Vec::new(),
         callers: Vec::new(),
         hold: false,
         candidates: Vec::new(),

@@ -205,6 +205,8 @@ impl FakeRouter {
 pub fn incident(id: &str, jurisdiction: &str, version: u64, status: IncidentStatus) -> Incident {
     let now = chrono::Utc::now();
     Incident {
+        ladder: Default::default(),
+        requested: Vec::new(),
         id: id.into(),
         version,
         status,

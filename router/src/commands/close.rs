@@ -46,6 +46,8 @@ pub(super) async fn apply(
 /// call the caller back; no units are sent and no clock runs.
 fn follow_up(closed: &Incident, now: Timestamp) -> Incident {
     Incident {
+        ladder: Default::default(),
+        requested: Vec::new(),
         callers: Vec::new(),
         hold: false,
         candidates: Vec::new(),

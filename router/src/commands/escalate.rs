@@ -1,7 +1,8 @@
 //! `escalate`: an operator pulls a desk or a unit type into an open
 //! incident (吹哨报到). A desk must exist; a unit type is dispatched like
 //! any task (a special or traffic unit to investigate, others to
-//! reinforce), and its absence is escalated to the supervisor.
+//! reinforce), and its absence is escalated to the supervisor and kept on
+//! the incident (`requested`) until a unit of the type frees up.
 
 use bus::model::{Action, EscalationKind, TaskKind, Timestamp, UnitRole, UnitType};
 
@@ -45,7 +46,12 @@ pub(super) async fn apply(
         let issued = dispatch(tx, engine, &mut incident, kind, UnitRole::Specialist, Some(t), 1, now).await?;
         what.push(format!("unit type {}", t.as_str()));
         if issued == 0 {
-            shortfall = format!("; no available {} unit", t.as_str());
+            // Not forgotten: the request stays on the incident and the
+            // clock serves it as units free up.
+            if !incident.requested.contains(&t) {
+                incident.requested.push(t);
+            }
+            shortfall = format!("; no available {} unit, request kept", t.as_str());
             let desks = vec![engine.config().router.supervisor_desk.clone()];
             let message = format!("no available {} unit", t.as_str());
             tx.escalate(escalation(&incident, EscalationKind::NoUnit, now, message, desks));

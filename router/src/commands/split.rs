@@ -40,6 +40,8 @@ pub(super) async fn apply(
         .unwrap_or_default();
     let b_id = new_id();
     let b = Incident {
+        ladder: Default::default(),
+        requested: Vec::new(),
         id: b_id.clone(),
         version: 0,
         status: IncidentStatus::New,
