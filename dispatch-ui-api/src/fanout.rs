@@ -79,7 +79,21 @@ struct Prepared<'a> {
     data: Cow<'a, str>,
     dedupe: String,
     payload: Vec<u8>,
+    /// For the analysts' `topic:` channels, when the record names a
+    /// caller: its data and payload with the caller masked
+    /// ([`crate::privacy`]).
+    masked: Option<(String, Vec<u8>)>,
     channels: Vec<ChannelName>,
+}
+
+impl Prepared<'_> {
+    /// The data and history payload `channel` gets.
+    fn for_channel(&self, channel: &ChannelName) -> (&str, &[u8]) {
+        match (&self.masked, channel) {
+            (Some((data, payload)), ChannelName::Topic(_)) => (data, payload),
+            _ => (&self.data, &self.payload),
+        }
+    }
 }
 
 impl Fanout {
@@ -117,7 +131,8 @@ impl Fanout {
         let appends = prepared.iter().enumerate().flat_map(|(i, p)| {
             p.channels.iter().map(move |channel| async move {
                 let key = channel.key();
-                let cursor = self.append(&key, &p.dedupe, &p.payload, shutdown).await?;
+                let (_, payload) = p.for_channel(channel);
+                let cursor = self.append(&key, &p.dedupe, payload, shutdown).await?;
                 Some((i, channel, key, cursor))
             })
         });
@@ -128,8 +143,9 @@ impl Fanout {
                 continue;
             };
             let p = &prepared[i];
+            let (data, _) = p.for_channel(channel);
             let push = Push {
-                text: Utf8Bytes::from(push_frame(&key, &cursor, p.kind, &p.data, false)),
+                text: Utf8Bytes::from(push_frame(&key, &cursor, p.kind, data, false)),
                 channel: key,
                 cursor: parsed,
                 meta: p.meta.clone(),
@@ -185,11 +201,16 @@ impl Fanout {
             return None;
         }
         let channels = channels_for(&meta);
+        let masked = crate::privacy::for_topics(kind, &data).map(|masked| {
+            let payload = history_payload(kind, masked.as_bytes());
+            (masked, payload)
+        });
         Some(Prepared {
             record,
             kind,
             dedupe: format!("{}:{}:{}", record.topic.suffix(), record.partition, record.offset),
             payload: history_payload(kind, data.as_bytes()),
+            masked,
             data,
             channels,
             meta,

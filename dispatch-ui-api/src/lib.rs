@@ -17,6 +17,7 @@ mod fanout;
 pub mod hub;
 mod openapi;
 mod pages;
+pub mod privacy;
 mod rest;
 mod stats;
 mod view;

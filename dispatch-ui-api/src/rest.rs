@@ -128,6 +128,9 @@ pub async fn list_incidents(
         .collect();
     incidents.sort_by_key(|i| std::cmp::Reverse(i.created_at));
     incidents.truncate(limit);
+    if p.0.role == bus::model::Role::Analyst {
+        incidents.iter_mut().for_each(crate::privacy::for_analyst);
+    }
     Ok(Json(IncidentList { incidents }))
 }
 
@@ -140,7 +143,11 @@ pub async fn get_incident(
     p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Incident>, ApiError> {
-    Ok(Json(visible_incident(&state, &p, &id).await?))
+    let mut incident = visible_incident(&state, &p, &id).await?;
+    if p.0.role == bus::model::Role::Analyst {
+        crate::privacy::for_analyst(&mut incident);
+    }
+    Ok(Json(incident))
 }
 
 /// An incident the caller may read.

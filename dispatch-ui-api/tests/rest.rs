@@ -48,7 +48,11 @@ async fn reads_show_only_what_the_caller_may_see() {
     let ctx = context("api-reads", |_| {}).await;
     let api = Api::start(&ctx).await;
     let router = FakeRouter::new(&ctx);
-    let mine = incident(&unique("mine"), "quancheng", 1, IncidentStatus::New);
+    let mut mine = incident(&unique("mine"), "quancheng", 1, IncidentStatus::New);
+    mine.callers.push(bus::model::Caller {
+        phone: Some("13812345678".into()),
+        name: Some("王小明".into()),
+    });
     let theirs = incident(&unique("theirs"), "daminghu", 1, IncidentStatus::New);
     let closed = incident(&unique("closed"), "quancheng", 3, IncidentStatus::Closed);
     for i in [&mine, &theirs, &closed] {
@@ -70,6 +74,16 @@ async fn reads_show_only_what_the_caller_may_see() {
         .map(|i| i["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec![mine.id.as_str()], "open incidents of my jurisdiction");
+    assert_eq!(
+        body["incidents"][0]["callers"][0]["phone"], "13812345678",
+        "operators call back"
+    );
+    // An analyst reads the same incident without a number to ring.
+    let analyst = api.token(Role::Analyst, &["quancheng"], None);
+    let (_, body) = get(&api, &analyst, "/api/v1/incidents").await;
+    assert_eq!(body["incidents"][0]["callers"][0]["phone"], "138****5678");
+    let (_, body) = get(&api, &analyst, &format!("/api/v1/incidents/{}", mine.id)).await;
+    assert_eq!(body["callers"][0]["name"], "王**");
 
     // Closed incidents come from the api's view of the incidents topic.
     let closed_id = closed.id.clone();

@@ -365,12 +365,20 @@ async fn an_analyst_topic_subscription_is_filtered() {
     let mut wanted = incident(&unique("want"), "quancheng", 1, IncidentStatus::New);
     wanted.kind = "robbery".into();
     wanted.priority = 1;
+    wanted.callers.push(bus::model::Caller {
+        phone: Some("13900001111".into()),
+        name: None,
+    });
     for i in [&theft, &low, &elsewhere, &wanted] {
         router.incident(i).await;
     }
     let got = client.pushes_until(|g| !g.is_empty()).await;
     assert_eq!(got[0]["data"]["id"], wanted.id.as_str(), "{got:?}");
     assert_eq!(got[0]["channel"], "topic:incidents");
+    assert_eq!(
+        got[0]["data"]["callers"][0]["phone"], "139****1111",
+        "masked for analysts"
+    );
     assert!(client.try_recv(QUIET).await.is_none());
 }
 
@@ -445,7 +453,10 @@ async fn escalations_units_and_events_reach_their_channels() {
             occurred_at: None,
             location: None,
             text: None,
-            caller: None,
+            caller: Some(bus::model::Caller {
+                phone: Some("13812345678".into()),
+                name: Some("王小明".into()),
+            }),
             sensor: None,
             attrs: Default::default(),
             flags: Vec::new(),
@@ -467,6 +478,9 @@ async fn escalations_units_and_events_reach_their_channels() {
     assert_eq!(got[0]["kind"], "event");
     assert_eq!(got[0]["data"]["id"], event.id.as_str());
     assert_eq!(got[0]["data"]["source"], "call110");
+    // Analysts see that someone called, not who: no number to ring.
+    assert_eq!(got[0]["data"]["caller"]["phone"], "138****5678");
+    assert_eq!(got[0]["data"]["caller"]["name"], "王**");
 }
 
 #[tokio::test]
