@@ -5,6 +5,8 @@
 
 mod bench;
 mod broker;
+mod chaos;
+mod children;
 mod serve;
 
 /// mimalloc rather than glibc's malloc: under load, allocation and freeing
@@ -70,6 +72,9 @@ enum Command {
     /// The embedded broker (not durable) as a process of its own, with a
     /// loopback control endpoint for fault injection.
     Broker(broker::BrokerArgs),
+    /// Faults injected into a whole deployment (child processes) under
+    /// load, then every lost, duplicated or missed record counted.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(Args, Debug)]
@@ -266,6 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(broker::run(config, args))?;
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Chaos(args) => return runtime()?.block_on(chaos::run(config, cli.config, args)),
         Command::Demo(args) => Services {
             demo: Some(DemoOverrides {
                 speed: args.speed,

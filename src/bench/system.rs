@@ -5,17 +5,17 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use bus::auth::TokenKeys;
 use bus::embedded::EmbeddedBroker;
 use bus::kafka::{Brokers, ensure_topics};
 use bus::model::Role;
 use bus::{Config, Topic, Topics};
-use tokio::process::{Child, Command};
+
+use crate::children::{Log, Proc, Spec, free_port, wait_ready};
 
 /// Linux reports CPU time in clock ticks of 1/100 s on every platform we
 /// run on.
@@ -23,7 +23,7 @@ const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 struct Service {
     name: &'static str,
-    child: Child,
+    proc: Proc,
     http: SocketAddr,
 }
 
@@ -54,7 +54,6 @@ impl System {
         };
         ensure_topics(&brokers, &config.kafka, &topics, &Topic::ALL).await?;
         let secret = bus::model::new_id();
-        let exe = std::env::current_exe().context("locating the qzx binary")?;
         let base_env: Vec<(String, String)> = vec![
             ("QZX_KAFKA_BROKERS".into(), brokers.bootstrap().to_owned()),
             ("QZX_TOPIC_PREFIX".into(), prefix.clone()),
@@ -71,32 +70,23 @@ impl System {
         };
         let mut services = Vec::new();
         for (name, args) in roles {
-            let port = free_port()?;
-            let http: SocketAddr = ([127, 0, 0, 1], port).into();
-            let mut cmd = Command::new(&exe);
-            cmd.args(args.iter())
-                .envs(base_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .env("QZX_LISTEN", http.to_string())
-                .env("QZX_INGEST_LISTEN", http.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true);
+            let http: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+            let mut env = base_env.clone();
             if let Some(url) = &config.redis.url {
                 // Keys of its own, like the topics: a run must not find the
                 // units and incidents of an earlier run in the same Redis.
-                cmd.env("QZX_REDIS_URL", url)
-                    .env("QZX_REDIS__KEY_PREFIX", format!("{prefix}qzx:"));
+                env.push(("QZX_REDIS_URL".into(), url.clone()));
+                env.push(("QZX_REDIS__KEY_PREFIX".into(), format!("{prefix}qzx:")));
             }
-            let child = cmd.spawn().with_context(|| format!("starting qzx {name}"))?;
-            services.push(Service { name, child, http });
+            let proc = Proc::spawn(Spec::qzx(name, args, &env, http, Log::Inherit)?)?;
+            services.push(Service { name, proc, http });
         }
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .timeout(Duration::from_secs(30))
             .build()?;
         for s in &services {
-            wait_ready(&http, s.http, s.name).await?;
+            wait_ready(&http, s.http, &format!("qzx {}", s.name), Duration::from_secs(60)).await?;
         }
         let addr_of = |wanted: &[&str]| {
             services
@@ -174,7 +164,7 @@ impl System {
             .filter_map(|s| {
                 Some((
                     s.name.to_owned(),
-                    proc_cpu_seconds(&format!("/proc/{}", s.child.id()?))?,
+                    proc_cpu_seconds(&format!("/proc/{}", s.proc.pid()?))?,
                 ))
             })
             .collect();
@@ -193,7 +183,7 @@ impl System {
         self.services
             .iter()
             .find(|s| s.name == "api" || s.name == "all")
-            .and_then(|s| proc_rss_kib(s.child.id()?))
+            .and_then(|s| proc_rss_kib(s.proc.pid()?))
             .unwrap_or(0.0)
     }
 
@@ -238,23 +228,13 @@ impl System {
         }
     }
 
-    /// Stops the children gracefully (SIGTERM through `kill`), then hard.
+    /// Stops the children gracefully (SIGTERM), then hard.
     pub async fn stop(mut self) {
-        for s in &mut self.services {
-            if let Some(pid) = s.child.id() {
-                let _ = std::process::Command::new("kill")
-                    .arg("-TERM")
-                    .arg(pid.to_string())
-                    .status();
-            }
+        for s in &self.services {
+            s.proc.terminate();
         }
         for s in &mut self.services {
-            if tokio::time::timeout(Duration::from_secs(10), s.child.wait())
-                .await
-                .is_err()
-            {
-                let _ = s.child.kill().await;
-            }
+            s.proc.reap(Duration::from_secs(10)).await;
         }
         drop(self.embedded.take());
     }
@@ -290,23 +270,6 @@ fn by_topic(text: &str, name: &str) -> HashMap<String, f64> {
             Some((topic, value.trim().parse().ok()?))
         })
         .collect()
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-async fn wait_ready(http: &reqwest::Client, addr: SocketAddr, name: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(r) = http.get(format!("http://{addr}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("qzx {name} on {addr} did not become ready within 60 s")
 }
 
 /// The mock cluster's thread in this process (librdkafka names it `rdk:mock`):
