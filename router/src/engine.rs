@@ -161,6 +161,47 @@ impl Engine {
                 .is_some_and(|c| c.related.iter().any(|r| r == a))
     }
 
+    /// The open incident the caller of `event` already called about, within
+    /// the repeat window, wherever they call from now (a mobile caller
+    /// moves; a landline call may have no position at all, and is then
+    /// matched across jurisdictions): the latest such incident of those
+    /// given (the ones this instance owns), with the distance between the
+    /// two places (0 when either has none).
+    pub fn find_caller_link<'a>(
+        &self,
+        event: &Event,
+        open: impl IntoIterator<Item = &'a Incident>,
+    ) -> Option<(&'a Incident, f64)> {
+        let phone = event
+            .input
+            .caller
+            .as_ref()?
+            .phone
+            .as_deref()
+            .filter(|p| !p.trim().is_empty())?;
+        let window_s = i64::try_from(self.config.router.repeat_window_s).unwrap_or(i64::MAX);
+        open.into_iter()
+            .filter(|i| {
+                // An unlocated call was placed in the fallback
+                // jurisdiction: its caller's incident may be anywhere.
+                let unlocated = event.input.location.is_none() && event.input.flags.contains(&Flag::Unlocated);
+                i.status.is_open()
+                    && i.status != IncidentStatus::Resolved
+                    && (i.jurisdiction == event.jurisdiction || unlocated)
+                    && !i.events.contains(&event.id)
+                    && (event.received_at - i.created_at).num_seconds().abs() <= window_s
+                    && i.callers.iter().any(|c| c.phone.as_deref() == Some(phone))
+            })
+            .max_by_key(|i| i.created_at)
+            .map(|i| {
+                let distance = match (&event.input.location, &i.location) {
+                    (Some(a), Some(b)) => haversine_m(a.lat, a.lon, b.lat, b.lon),
+                    _ => 0.0,
+                };
+                (i, distance)
+            })
+    }
+
     /// The open incident `event` repeats or fuses with, nearest first.
     /// Only incidents of the event's jurisdiction: they are the ones this
     /// router instance owns.

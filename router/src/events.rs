@@ -43,10 +43,17 @@ pub(crate) async fn apply(
     if handling != CapHandling::Normal {
         return record_only(tx, engine, event, &handling, now).await;
     }
-    let link = event.input.location.as_ref().and_then(|loc| {
-        engine
-            .find_link(event, tx.open_near(loc.lat, loc.lon))
-            .map(|(i, link, distance)| (i.id.clone(), link, distance))
+    // The same caller again (by phone) first: a mobile caller moves, a
+    // landline may give no position; then the same place.
+    let by_caller = engine
+        .find_caller_link(event, tx.books().open.values())
+        .map(|(i, distance)| (i.id.clone(), Link::Repeat, distance));
+    let link = by_caller.or_else(|| {
+        event.input.location.as_ref().and_then(|loc| {
+            engine
+                .find_link(event, tx.open_near(loc.lat, loc.lon))
+                .map(|(i, link, distance)| (i.id.clone(), link, distance))
+        })
     });
     let mut incident = if let Some((id, link, distance)) = link {
         let mut incident = tx

@@ -363,3 +363,67 @@ async fn an_unlocated_call_waits_for_a_person_to_place_it() {
     assert_eq!(placed.units[0].unit, "u-near");
     assert!(incident(&ctx, &inc.id).await.units.is_empty());
 }
+
+#[tokio::test]
+async fn the_same_caller_calling_again_from_elsewhere_or_without_a_position_joins_the_incident() {
+    let ctx = ctx("router-caller-repeat").await;
+    unit(&ctx, "u-1", UnitType::PatrolCar, LAT + 0.001, LON).await;
+    let mut r = router(&ctx);
+    let with_phone = |mut e: bus::model::Event, phone: &str| {
+        e.input.caller = Some(bus::model::Caller {
+            phone: Some(phone.into()),
+            name: None,
+        });
+        e
+    };
+    let first = with_phone(
+        event(&ctx, Source::Call110, "theft", "my bag was taken", LAT, LON, t0()),
+        "13800001111",
+    );
+    r.on_event(first, t0()).await.unwrap();
+    // 1.1 km away in the same station area (too far for a repeat by
+    // place), same phone: the caller is following the thief.
+    let moved = with_phone(
+        event(
+            &ctx,
+            Source::Call110,
+            "theft",
+            "he is running west",
+            LAT,
+            LON - 0.012,
+            secs(t0(), 60),
+        ),
+        "13800001111",
+    );
+    r.on_event(moved, secs(t0(), 60)).await.unwrap();
+    // A landline callback without a position, same number.
+    let mut landline = with_phone(
+        event(&ctx, Source::Call110, "theft", "still here", LAT, LON, secs(t0(), 90)),
+        "13800001111",
+    );
+    // As ingest places it: the fallback jurisdiction, flagged unlocated.
+    landline.input.location = None;
+    landline.input.flags.push(bus::model::Flag::Unlocated);
+    landline.cell = None;
+    landline.jurisdiction = ctx.config.city.fallback_jurisdiction.clone();
+    r.on_event(landline, secs(t0(), 90)).await.unwrap();
+    let inc = only_open(&ctx).await;
+    assert_eq!(inc.events.len(), 3, "{:#?}", inc.timeline);
+    assert_eq!(inc.repeat_count, 3);
+    assert_eq!(inc.callers.len(), 1, "one caller, once");
+    // Another caller at the second place is a new incident.
+    let other = with_phone(
+        event(
+            &ctx,
+            Source::Call110,
+            "theft",
+            "bike gone",
+            LAT,
+            LON - 0.012,
+            secs(t0(), 120),
+        ),
+        "13900002222",
+    );
+    r.on_event(other, secs(t0(), 120)).await.unwrap();
+    assert_eq!(ctx.store.open_incidents().await.unwrap().len(), 2);
+}

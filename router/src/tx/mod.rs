@@ -423,8 +423,14 @@ impl<'b> Tx<'b> {
         }
         metrics::gauge!(bus::metrics::ROUTER_INCIDENTS_OPEN).set(books.open.len() as f64);
         books.freed += units.iter().filter(|u| u.status == UnitStatus::Available).count();
+        // Every partition an incident of this transaction belongs to is
+        // fenced at the commit, not only the record's: a merge, a
+        // pre-emption or a caller's repeat may write an incident of another
+        // partition this instance owns, and must fail if it lost it.
+        let written: Vec<i32> = incidents.iter().map(|i| books.partition_of(&i.jurisdiction)).collect();
         let pending = &mut books.pending;
         pending.partitions.insert(partition);
+        pending.partitions.extend(written);
         pending.records.extend(records.into_iter().map(|r| (partition, r)));
         for i in incidents {
             pending.incidents.insert(i.id.clone(), i);
