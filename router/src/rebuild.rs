@@ -117,18 +117,40 @@ pub async fn rebuild(ctx: &ServiceContext) -> Result<Rebuilt, RebuildError> {
         tasks: tasks.len(),
         ..Rebuilt::default()
     };
+    // Another router instance may have committed newer state into the
+    // refilled Store while this one read the topics: what the Store holds
+    // at a version at least as high is kept, never overwritten with what
+    // the topics said earlier (a unit brought back on scene for a task it
+    // cleared meanwhile would never be dispatched again). The check and
+    // the write are two steps; the window between them is one round trip.
     for incident in incidents.values() {
         if incident.status.is_open() {
             out.open_incidents += 1;
         }
-        ctx.store.put_incident(incident).await?;
+        let stored = ctx.store.incident(&incident.id).await?;
+        if stored.is_none_or(|s| s.version < incident.version) {
+            ctx.store.put_incident(incident).await?;
+        }
     }
-    for unit in units.values() {
-        ctx.store.put_unit(unit).await?;
+    let ids: Vec<String> = units.keys().cloned().collect();
+    let stored_units = ctx.store.units_by_id(&ids).await?;
+    for (id, stored) in ids.iter().zip(stored_units) {
+        let unit = &units[id];
+        if stored.is_none_or(|s| s.version < unit.version) {
+            ctx.store.put_unit(unit).await?;
+        }
     }
-    for task in tasks.values() {
+    let keys: Vec<String> = tasks.keys().map(|id| task_key(id)).collect();
+    let stored_tasks = ctx.store.get_keys(&keys).await?;
+    for ((id, task), stored) in tasks.iter().zip(stored_tasks) {
+        let newer = stored
+            .and_then(|json| serde_json::from_str::<Task>(&json).ok())
+            .is_some_and(|s| s.version >= task.version);
+        if newer {
+            continue;
+        }
         if let Ok(json) = serde_json::to_string(task) {
-            ctx.store.set_key(&task_key(&task.id), &json, TASK_TTL).await?;
+            ctx.store.set_key(&task_key(id), &json, TASK_TTL).await?;
         }
     }
     Ok(out)

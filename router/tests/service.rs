@@ -294,6 +294,27 @@ async fn the_rebuild_keeps_a_units_highest_version() {
     assert_eq!(fresh.store.unit("u-1").await.unwrap(), Some(assigned));
 }
 
+#[tokio::test]
+async fn the_rebuild_never_overwrites_a_newer_commit_with_older_topic_state() {
+    let ctx = ctx("router-rebuild-newer").await;
+    unit(&ctx, "u-1", UnitType::PatrolCar, LAT, LON).await;
+    let mut on_scene = ctx.store.unit("u-1").await.unwrap().unwrap();
+    (on_scene.status, on_scene.task, on_scene.version) = (bus::model::UnitStatus::OnScene, Some("t-1".into()), 4);
+    let producer = test_producer(&ctx);
+    producer
+        .send_json(Topic::Units, &on_scene.id, &bus::model::new_id(), &on_scene)
+        .await
+        .unwrap();
+    // Meanwhile another instance committed the unit's clearing into the
+    // refilled Store, not yet on the topic when this rebuild read it.
+    let fresh = with_fresh_store(&ctx).await;
+    let mut cleared = on_scene.clone();
+    (cleared.status, cleared.task, cleared.version) = (bus::model::UnitStatus::Available, None, 5);
+    fresh.store.put_unit(&cleared).await.unwrap();
+    router::rebuild::rebuild(&fresh).await.unwrap();
+    assert_eq!(fresh.store.unit("u-1").await.unwrap(), Some(cleared));
+}
+
 /// Centres of the demo city's station areas.
 const STATIONS: [(&str, f64, f64); 6] = [
     ("quancheng", 36.6640, 117.0220),
