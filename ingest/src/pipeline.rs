@@ -121,6 +121,10 @@ struct Valid {
 
 enum Claimed {
     Owned,
+    /// Owned again after a produce that may have reached Kafka: the event
+    /// must go out with this id, so that if the first copy did land the
+    /// two are one event to every consumer.
+    OwnedAs(String),
     Duplicate(String),
     /// Another request holds the key and did not finish in time.
     Busy,
@@ -308,6 +312,12 @@ impl Ingest {
                     ids.insert(key.clone(), event.id.clone());
                     owned.push(Owned { index, key, event });
                 }
+                Ok(Claimed::OwnedAs(id)) => {
+                    let mut event = event;
+                    event.id = id;
+                    ids.insert(key.clone(), event.id.clone());
+                    owned.push(Owned { index, key, event });
+                }
                 Ok(Claimed::Duplicate(id)) => {
                     ids.insert(key, id.clone());
                     duplicates.push(duplicate_of(index, id, &event));
@@ -343,14 +353,24 @@ impl Ingest {
     async fn claim(&self, key: &str, id: &str) -> Result<Claimed, StoreError> {
         let ttl = self.idempotency_ttl;
         let give_up = Instant::now() + self.config.kafka.delivery_timeout() + Duration::from_secs(1);
+        // The id of an earlier attempt whose produce may have landed.
+        let mut earlier: Option<String> = None;
         loop {
             let expires = Utc::now().timestamp_millis() + self.pending_expiry.as_millis() as i64;
-            let marker = format!("pending:{id}:{expires}");
+            let marker = format!("pending:{}:{expires}", earlier.as_deref().unwrap_or(id));
             let Some(existing) = self.store.claim_key(key, &marker, ttl).await? else {
-                return Ok(Claimed::Owned);
+                return Ok(earlier.map_or(Claimed::Owned, Claimed::OwnedAs));
             };
             match parse_marker(&existing) {
                 Marker::Done(id) => return Ok(Claimed::Duplicate(id)),
+                Marker::Maybe(id) => {
+                    // Take the key over (unless another retry did) and send
+                    // the event again under the earlier attempt's id.
+                    if self.store.get_key(key).await?.as_deref() == Some(existing.as_str()) {
+                        self.store.delete_key(key).await?;
+                    }
+                    earlier = Some(id);
+                }
                 Marker::Pending { expires_ms } if expires_ms < Utc::now().timestamp_millis() => {
                     // The owner died between claim and finish. Take over,
                     // unless somebody else did meanwhile.
@@ -449,8 +469,21 @@ impl Ingest {
         match failure {
             None => Ok(()),
             Some(e) => {
-                let deletes = release.iter().map(|o| self.store.delete_key(&o.key));
-                for (o, r) in release.iter().zip(futures::future::join_all(deletes).await) {
+                // A produce that timed out may still have reached Kafka
+                // (librdkafka cannot tell): the key remembers the event id,
+                // and the client's retry sends the event again under it, so
+                // at worst the topic holds one event twice, never two
+                // events for one call. A refused record did not land: its
+                // key is released.
+                let maybe_landed = e.is_retriable();
+                let updates = release.iter().map(|o| async move {
+                    if maybe_landed {
+                        self.store.set_key(&o.key, &format!("maybe:{}", o.event.id), ttl).await
+                    } else {
+                        self.store.delete_key(&o.key).await.map(|_| ())
+                    }
+                });
+                for (o, r) in release.iter().zip(futures::future::join_all(updates).await) {
                     if let Err(e) = r {
                         tracing::warn!(key = %o.key, error = %e, "could not release an idempotency key");
                     }
@@ -503,10 +536,17 @@ pub fn idempotency_scope(origin: &Origin) -> &str {
 
 enum Marker {
     Done(String),
-    Pending { expires_ms: i64 },
+    Pending {
+        expires_ms: i64,
+    },
+    /// An attempt timed out with this event id: it may be on Kafka.
+    Maybe(String),
 }
 
 fn parse_marker(value: &str) -> Marker {
+    if let Some(id) = value.strip_prefix("maybe:") {
+        return Marker::Maybe(id.to_owned());
+    }
     match value.strip_prefix("pending:") {
         None => Marker::Done(value.to_owned()),
         Some(rest) => Marker::Pending {
