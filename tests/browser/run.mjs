@@ -15,8 +15,9 @@
 //
 // A second scenario (issue #21, operators steer incidents and units are
 // kept informed), on a qzx of its own: a unit refuses and another gets the
-// task; the incident is held and raised to P1 on the board, which reaches
-// that unit's terminal as a change banner (and a beep); the reinforcement
+// task; the incident is held and a repeat call raises it to P1, which
+// reaches that unit's terminal as a change banner (and a beep), as does the
+// operator's correction of the text; the reinforcement
 // the held P1 needs is picked from the router's ranking; a unit's note
 // reaches the board's timeline; a walk-in report is created, closed and
 // reopened, merged in, and split off again.
@@ -437,18 +438,16 @@ test('operators steer incidents, units are kept informed (issue #21), end to end
     await shot(term.a, 'issue21-terminal-refused');
   });
 
-  await t.test('held, then raised to P1: the terminal of the unit on it shows the change and beeps', async () => {
+  await t.test('held, a repeat call turns the theft into a P1: the terminal of the unit on it shows the change and beeps; the operator\'s correction reaches it too', async () => {
     await row(address).click();
     // Held first: the reinforcement a P1 needs is then the operator's pick.
     await board.fill('[data-testid=hold-reason]', 'e2e: detectives decide');
     await board.click('[data-testid=hold][data-hold="0"]');
     await row(address).locator('[data-testid=badge-held]').waitFor({ timeout: 10000 });
     await board.locator('[data-testid=held-note]').waitFor();
-    await board.click('[data-testid=open-update]');
-    await board.selectOption('[data-testid=upd-priority]', '1');
-    await board.fill('[data-testid=upd-reason]', 'e2e: suspect seen with a knife');
     const beeps = await term.b.evaluate(() => window.__beeps);
-    await submit();
+    // The repeat call: the same place, a knife and a gun now.
+    await postEvent(target, event('theft', 36.665, 117.023, address, '嫌疑人持刀，腰间有枪'));
     await row(address).locator('.prio.p1').waitFor({ timeout: 10000 });
     const banner = term.b.locator('[data-testid=task-changes]');
     await banner.waitFor({ timeout: 10000 });
@@ -457,6 +456,14 @@ test('operators steer incidents, units are kept informed (issue #21), end to end
     await term.b.locator('[data-part=priority][data-changed="1"]').waitFor();
     await term.b.waitForFunction((n) => window.__beeps > n, beeps, { timeout: 3000 });
     await shot(term.b, 'issue21-terminal-changed');
+    await term.b.click('[data-testid=changes-ok]');
+    await banner.waitFor({ state: 'detached', timeout: 3000 });
+    // The operator corrects the text (update): the unit is told that too.
+    await board.click('[data-testid=open-update]');
+    await board.fill('[data-testid=upd-text]', 'e2e: two suspects, one with a knife, one with a gun');
+    await submit();
+    await banner.waitFor({ timeout: 10000 });
+    assert.match(await banner.getAttribute('data-changes'), /(^|,)text(,|$)/);
     await term.b.click('[data-testid=changes-ok]');
     await banner.waitFor({ state: 'detached', timeout: 3000 });
   });
