@@ -11,18 +11,6 @@ use bus::model::{
 };
 use common::*;
 
-fn status(status: ReportedStatus) -> Command {
-    Command::Status {
-        reason: None,
-        status,
-        task: None,
-        lat: None,
-        lon: None,
-        note: None,
-        unit_type: None,
-    }
-}
-
 fn ack(task: &str) -> Command {
     Command::Ack { task: task.into() }
 }
@@ -45,7 +33,7 @@ async fn a_task_goes_from_ack_to_resolved_and_the_operator_closes_it() {
     assert_eq!(inc.units[0].status, TaskStatus::Acknowledged);
 
     r.on_action(
-        by_unit("u-1", status(ReportedStatus::EnRoute), secs(t0(), 40)),
+        by_unit("u-1", status_report(ReportedStatus::EnRoute, None), secs(t0(), 40)),
         secs(t0(), 40),
     )
     .await
@@ -54,7 +42,7 @@ async fn a_task_goes_from_ack_to_resolved_and_the_operator_closes_it() {
     assert_eq!(unit_state(&ctx, "u-1").await.status, UnitStatus::EnRoute);
 
     r.on_action(
-        by_unit("u-1", status(ReportedStatus::OnScene), secs(t0(), 100)),
+        by_unit("u-1", status_report(ReportedStatus::OnScene, None), secs(t0(), 100)),
         secs(t0(), 100),
     )
     .await
@@ -66,7 +54,7 @@ async fn a_task_goes_from_ack_to_resolved_and_the_operator_closes_it() {
 
     // The reinforcement skips ahead straight to on scene.
     r.on_action(
-        by_unit("u-2", status(ReportedStatus::OnScene), secs(t0(), 200)),
+        by_unit("u-2", status_report(ReportedStatus::OnScene, None), secs(t0(), 200)),
         secs(t0(), 200),
     )
     .await
@@ -74,7 +62,7 @@ async fn a_task_goes_from_ack_to_resolved_and_the_operator_closes_it() {
     assert_eq!(only_open(&ctx).await.sla.reinforce, SlaState::Met);
 
     r.on_action(
-        by_unit("u-1", status(ReportedStatus::Cleared), secs(t0(), 900)),
+        by_unit("u-1", status_report(ReportedStatus::Cleared, None), secs(t0(), 900)),
         secs(t0(), 900),
     )
     .await
@@ -83,7 +71,7 @@ async fn a_task_goes_from_ack_to_resolved_and_the_operator_closes_it() {
     assert_eq!((u1.status, u1.task), (UnitStatus::Available, None));
     assert_eq!(only_open(&ctx).await.status, IncidentStatus::OnScene);
     r.on_action(
-        by_unit("u-2", status(ReportedStatus::Cleared), secs(t0(), 950)),
+        by_unit("u-2", status_report(ReportedStatus::Cleared, None), secs(t0(), 950)),
         secs(t0(), 950),
     )
     .await
@@ -143,7 +131,7 @@ async fn invalid_commands_are_rejected_with_an_escalation_and_never_applied() {
     let inc = only_open(&ctx).await;
     let t1 = inc.units[0].task.clone();
     let at = secs(t0(), 10);
-    r.on_action(by_unit("u-1", status(ReportedStatus::OnScene), at), at)
+    r.on_action(by_unit("u-1", status_report(ReportedStatus::OnScene, None), at), at)
         .await
         .unwrap();
     let before = only_open(&ctx).await;
@@ -152,8 +140,8 @@ async fn invalid_commands_are_rejected_with_an_escalation_and_never_applied() {
         by_unit("u-1", ack("no-such-task"), at),
         by_unit("u-2", ack(&t1), at),
         by_unit("u-1", ack(&t1), at),
-        by_unit("u-1", status(ReportedStatus::EnRoute), at),
-        by_unit("u-1", status(ReportedStatus::OffDuty), at),
+        by_unit("u-1", status_report(ReportedStatus::EnRoute, None), at),
+        by_unit("u-1", status_report(ReportedStatus::OffDuty, None), at),
         by_operator(
             Command::Assign {
                 mode: Default::default(),
@@ -367,7 +355,7 @@ async fn units_register_on_duty_report_positions_and_status() {
     assert_eq!(p.name.as_deref(), Some("泉城广场警务站"));
 
     // Unknown unit without a position, and a position for an unknown unit.
-    let nowhere = by_unit("ghost", status(ReportedStatus::Available), at);
+    let nowhere = by_unit("ghost", status_report(ReportedStatus::Available, None), at);
     r.on_action(nowhere.clone(), at).await.unwrap();
     let stray = by_unit(
         "ghost",
@@ -411,11 +399,11 @@ async fn units_register_on_duty_report_positions_and_status() {
     .unwrap();
     let u = unit_state(&ctx, "new-7").await;
     assert_eq!((u.lat, u.lon), (Some(36.6770), Some(117.0210)));
-    r.on_action(by_unit("new-7", status(ReportedStatus::Busy), at), at)
+    r.on_action(by_unit("new-7", status_report(ReportedStatus::Busy, None), at), at)
         .await
         .unwrap();
     assert_eq!(unit_state(&ctx, "new-7").await.status, UnitStatus::Busy);
-    r.on_action(by_unit("new-7", status(ReportedStatus::OffDuty), at), at)
+    r.on_action(by_unit("new-7", status_report(ReportedStatus::OffDuty, None), at), at)
         .await
         .unwrap();
     assert_eq!(unit_state(&ctx, "new-7").await.status, UnitStatus::OffDuty);

@@ -7,15 +7,8 @@
 mod common;
 
 use bus::config::DispatchMode;
-use bus::model::{
-    Command, EscalationKind, IncidentStatus, ReportedStatus, Source, Task, TaskStatus, UnitStatus, UnitType,
-};
+use bus::model::{Command, EscalationKind, IncidentStatus, ReportedStatus, Source, TaskStatus, UnitStatus, UnitType};
 use common::*;
-
-async fn task(ctx: &bus::ServiceContext, id: &str) -> Task {
-    let json = ctx.store.get_key(&router::tx::task_key(id)).await.unwrap().unwrap();
-    serde_json::from_str(&json).unwrap()
-}
 
 fn assign(incident: &str, unit: &str, preempt: bool) -> Command {
     Command::Assign {
@@ -23,18 +16,6 @@ fn assign(incident: &str, unit: &str, preempt: bool) -> Command {
         unit: unit.into(),
         mode: Default::default(),
         preempt,
-    }
-}
-
-fn status(status: ReportedStatus, reason: Option<&str>) -> Command {
-    Command::Status {
-        status,
-        task: None,
-        lat: None,
-        lon: None,
-        note: None,
-        unit_type: None,
-        reason: reason.map(str::to_owned),
     }
 }
 
@@ -191,7 +172,7 @@ async fn a_p1_takes_a_unit_off_a_p3_task_when_no_free_unit_arrives_in_time() {
     let primary = &p1.units[0];
     assert_eq!(primary.unit, "u-1", "{:#?}", p1.timeline);
     assert!(p1.timeline.iter().any(|t| t.what.contains("taken off P3 task")));
-    let left = task(&ctx, &p3_task).await;
+    let left = stored_task(&ctx, &p3_task).await;
     assert_eq!(left.status, TaskStatus::Cancelled);
     assert!(
         left.reason.as_deref().unwrap().contains("taken for P1 incident"),
@@ -263,7 +244,7 @@ async fn an_operator_may_preempt_and_a_unit_on_scene_is_never_taken() {
 
     // u-1 reaches the P2's scene; a P1 may not take it from there.
     r.on_action(
-        by_unit("u-1", status(ReportedStatus::OnScene, None), secs(t0(), 60)),
+        by_unit("u-1", status_report(ReportedStatus::OnScene, None), secs(t0(), 60)),
         secs(t0(), 60),
     )
     .await
@@ -319,11 +300,11 @@ async fn a_refused_task_goes_to_the_next_unit_at_once() {
     r.on_action(by_unit("u-2", refuse("not mine"), secs(t0(), 5)), secs(t0(), 5))
         .await
         .unwrap();
-    assert_eq!(task(&ctx, &t1).await.status, TaskStatus::Issued);
+    assert_eq!(stored_task(&ctx, &t1).await.status, TaskStatus::Issued);
     r.on_action(by_unit("u-1", refuse("flat tyre"), secs(t0(), 10)), secs(t0(), 10))
         .await
         .unwrap();
-    let refused = task(&ctx, &t1).await;
+    let refused = stored_task(&ctx, &t1).await;
     assert_eq!(refused.status, TaskStatus::Cancelled);
     assert_eq!(refused.reason.as_deref(), Some("refused by u-1: flat tyre"));
     let inc = incident(&ctx, &inc.id).await;
@@ -353,7 +334,7 @@ async fn out_of_service_on_the_way_is_replaced_and_never_dispatched() {
     let inc = only_open(&ctx).await;
     // No reason: rejected.
     r.on_action(
-        by_unit("u-1", status(ReportedStatus::OutOfService, None), secs(t0(), 5)),
+        by_unit("u-1", status_report(ReportedStatus::OutOfService, None), secs(t0(), 5)),
         secs(t0(), 5),
     )
     .await
@@ -362,7 +343,7 @@ async fn out_of_service_on_the_way_is_replaced_and_never_dispatched() {
     r.on_action(
         by_unit(
             "u-1",
-            status(ReportedStatus::OutOfService, Some("collision")),
+            status_report(ReportedStatus::OutOfService, Some("collision")),
             secs(t0(), 10),
         ),
         secs(t0(), 10),
@@ -406,7 +387,7 @@ async fn out_of_service_on_the_way_is_replaced_and_never_dispatched() {
     assert!(fraud.units.is_empty());
     // Back in service: the reason goes.
     r.on_action(
-        by_unit("u-1", status(ReportedStatus::Available, None), secs(t0(), 30)),
+        by_unit("u-1", status_report(ReportedStatus::Available, None), secs(t0(), 30)),
         secs(t0(), 30),
     )
     .await

@@ -20,18 +20,6 @@ async fn ladder_ctx(name: &str) -> bus::ServiceContext {
     .await
 }
 
-fn status(status: ReportedStatus) -> Command {
-    Command::Status {
-        status,
-        task: None,
-        lat: None,
-        lon: None,
-        note: None,
-        unit_type: None,
-        reason: None,
-    }
-}
-
 #[tokio::test]
 async fn respond_climbs_until_a_unit_signs_even_when_the_second_does_not() {
     let ctx = ladder_ctx("ladder-respond").await;
@@ -144,7 +132,7 @@ async fn arrive_sends_a_backup_and_reinforce_keeps_requesting() {
 
     // On scene: the arrive ladder stops (its next rung is not climbed).
     r.on_action(
-        by_unit("u-1", status(ReportedStatus::OnScene), secs(t0(), 200)),
+        by_unit("u-1", status_report(ReportedStatus::OnScene, None), secs(t0(), 200)),
         secs(t0(), 200),
     )
     .await

@@ -6,15 +6,10 @@
 mod common;
 
 use bus::model::{
-    AssignMode, Caller, Command, EscalationKind, IncidentStatus, Location, Source, Task, TaskStatus, UnitRole,
-    UnitStatus, UnitType,
+    AssignMode, Caller, Command, EscalationKind, IncidentStatus, Location, Source, TaskStatus, UnitRole, UnitStatus,
+    UnitType,
 };
 use common::*;
-
-async fn task(ctx: &bus::ServiceContext, id: &str) -> Task {
-    let json = ctx.store.get_key(&router::tx::task_key(id)).await.unwrap().unwrap();
-    serde_json::from_str(&json).unwrap()
-}
 
 /// An `update` of the priority alone.
 fn update(incident: &str, priority: Option<u8>, reason: Option<&str>) -> Command {
@@ -73,7 +68,7 @@ async fn a_repeat_call_that_raises_the_priority_reaches_the_unit_on_the_way() {
     unit(&ctx, "u-2", UnitType::PatrolCar, LAT + 0.002, LON).await;
     let mut r = router(&ctx);
     let inc = theft_at_t0(&ctx, &mut r).await;
-    let first = task(&ctx, &inc.units[0].task).await;
+    let first = stored_task(&ctx, &inc.units[0].task).await;
     assert_eq!(first.incident_kind, "theft");
     assert_eq!(
         first.caller.as_ref().and_then(|c| c.phone.as_deref()),
@@ -94,7 +89,7 @@ async fn a_repeat_call_that_raises_the_priority_reaches_the_unit_on_the_way() {
     r.on_event(repeat, secs(t0(), 20)).await.unwrap();
     let inc = only_open(&ctx).await;
     assert_eq!(inc.priority, 1);
-    let updated = task(&ctx, &first.id).await;
+    let updated = stored_task(&ctx, &first.id).await;
     assert!(updated.version > first.version);
     assert_eq!(updated.priority, 1);
     for change in ["priority", "deadlines", "units"] {
@@ -109,7 +104,7 @@ async fn a_repeat_call_that_raises_the_priority_reaches_the_unit_on_the_way() {
         ["u-2"],
         "the P1 reinforcement is named to the first unit"
     );
-    let second = task(&ctx, &inc.units[1].task).await;
+    let second = stored_task(&ctx, &inc.units[1].task).await;
     assert_eq!(second.other_units, ["u-1"]);
 
     // The unit acknowledging moves its task: that version names no change.
@@ -119,7 +114,7 @@ async fn a_repeat_call_that_raises_the_priority_reaches_the_unit_on_the_way() {
     )
     .await
     .unwrap();
-    assert!(task(&ctx, &first.id).await.changes.is_empty());
+    assert!(stored_task(&ctx, &first.id).await.changes.is_empty());
 }
 
 #[tokio::test]
@@ -162,7 +157,7 @@ async fn an_operator_updates_priority_with_a_reason_kind_text_and_location() {
             .any(|t| t.what.contains("caller says a knife") && t.by == "op-1")
     );
     assert_eq!(raised.units.len(), 2, "a P1 gets its reinforcement");
-    assert!(task(&ctx, &t1).await.changes.contains(&"priority".to_owned()));
+    assert!(stored_task(&ctx, &t1).await.changes.contains(&"priority".to_owned()));
 
     let moved = Location {
         lat: LAT + 0.003,
@@ -183,7 +178,7 @@ async fn an_operator_updates_priority_with_a_reason_kind_text_and_location() {
     let updated = incident(&ctx, &inc.id).await;
     assert_eq!(updated.kind, "robbery");
     assert_eq!(updated.location.as_ref(), Some(&moved));
-    let t = task(&ctx, &t1).await;
+    let t = stored_task(&ctx, &t1).await;
     assert_eq!(t.location.as_ref(), Some(&moved), "the unit follows the new location");
     assert_eq!(t.changes, ["kind", "location"]);
     assert_eq!(t.incident_kind, "robbery");
@@ -237,7 +232,7 @@ async fn notes_reopen_and_undivert() {
         .await
         .unwrap();
     assert_eq!(incident(&ctx, &inc.id).await.status, IncidentStatus::Closed);
-    assert_eq!(task(&ctx, &t1).await.status, TaskStatus::Cancelled);
+    assert_eq!(stored_task(&ctx, &t1).await.status, TaskStatus::Cancelled);
     assert_eq!(unit_state(&ctx, "u-1").await.status, UnitStatus::Available);
 
     let reopen = |reason: &str| Command::Reopen {
@@ -354,7 +349,7 @@ async fn merge_moves_events_callers_and_units_and_split_takes_events_out() {
     assert_eq!(merged.callers.len(), 2);
     let moved = merged.units.iter().find(|u| u.task == b_task).expect("b's unit moved");
     assert_eq!(moved.role, UnitRole::Reinforcement, "a already has its primary");
-    let t = task(&ctx, &b_task).await;
+    let t = stored_task(&ctx, &b_task).await;
     assert_eq!(t.incident, a.id, "the unit keeps its task, now for a");
     assert!(t.changes.contains(&"merged".to_owned()), "{:?}", t.changes);
     assert!(
@@ -423,5 +418,5 @@ async fn assign_with_mode_add_keeps_the_primary() {
         "nobody replaced"
     );
     assert_eq!(inc.units[1].role, UnitRole::Reinforcement);
-    assert_eq!(task(&ctx, &inc.units[0].task).await.other_units, ["u-2"]);
+    assert_eq!(stored_task(&ctx, &inc.units[0].task).await.other_units, ["u-2"]);
 }

@@ -212,3 +212,23 @@ pub async fn robbery_at_t0(ctx: &ServiceContext, r: &mut Router) -> Incident {
         .unwrap();
     only_open(ctx).await
 }
+
+/// A unit's `status` report, with a reason (`busy`, `out_of_service`) or
+/// none.
+pub fn status_report(status: bus::model::ReportedStatus, reason: Option<&str>) -> Command {
+    Command::Status {
+        status,
+        task: None,
+        lat: None,
+        lon: None,
+        note: None,
+        unit_type: None,
+        reason: reason.map(str::to_owned),
+    }
+}
+
+/// A task as the Store holds it.
+pub async fn stored_task(ctx: &ServiceContext, id: &str) -> bus::model::Task {
+    let json = ctx.store.get_key(&router::tx::task_key(id)).await.unwrap().unwrap();
+    serde_json::from_str(&json).unwrap()
+}
