@@ -161,8 +161,8 @@ impl Engine {
                 .is_some_and(|c| c.related.iter().any(|r| r == a))
     }
 
-    /// The open incident the caller of `event` already called about, within
-    /// the repeat window, wherever they call from now (a mobile caller
+    /// The open incident of a related kind the caller of `event` already
+    /// called about, within the repeat window, wherever they call from now (a mobile caller
     /// moves; a landline call may have no position at all, and is then
     /// matched across jurisdictions): the latest such incident of those
     /// given (the ones this instance owns), with the distance between the
@@ -190,6 +190,7 @@ impl Engine {
                     && (i.jurisdiction == event.jurisdiction || unlocated)
                     && !i.events.contains(&event.id)
                     && (event.received_at - i.created_at).num_seconds().abs() <= window_s
+                    && self.related(&event.input.kind, &i.kind)
                     && i.callers.iter().any(|c| c.phone.as_deref() == Some(phone))
             })
             .max_by_key(|i| i.created_at)

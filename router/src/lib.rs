@@ -140,7 +140,7 @@ async fn run(
                 .filter(|(t, _)| *t == Topic::Events)
                 .map(|(_, p)| *p)
                 .collect();
-            match router.set_owned(owned).await {
+            match router.on_assigned(owned).await {
                 Ok(()) => reload = false,
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "could not load owned incidents, retrying");

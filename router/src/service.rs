@@ -101,6 +101,16 @@ impl Router {
         self.books.crash = Some(crate::tx::CrashAt { point, nth });
     }
 
+    /// A rebalance gave this instance `partitions`. A Store that lost its
+    /// state (Redis back empty) is rebuilt from Kafka first: taken over as
+    /// if whole, its missing applied markers would let a redelivered event
+    /// open a second incident (qzx chaos: double-applied after a Redis
+    /// restart). Then the partitions are taken over.
+    pub async fn on_assigned(&mut self, partitions: Vec<i32>) -> anyhow::Result<()> {
+        crate::rebuild::rebuild_if_needed(&self.ctx).await?;
+        self.set_owned(partitions).await
+    }
+
     /// The partitions of the events topic this instance owns changed: take
     /// over the new ones (fence, republish, load their open incidents) and
     /// let go of the rest.
