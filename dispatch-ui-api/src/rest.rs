@@ -519,8 +519,7 @@ pub async fn task_ack(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     // An admin acks for the task's own unit.
-    let ack = bus::model::Command::Ack { task: id.clone() };
-    let unit = crate::commands::acting_unit(&state, &p.0, &ack);
+    let unit = crate::commands::acting_unit_for_task(&state, &p.0, &id);
     command(&state, &p, "ack", Some(("task", id)), &body, unit.as_deref()).await
 }
 
@@ -539,11 +538,7 @@ pub async fn task_refuse(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     // An admin refuses for the task's own unit.
-    let refuse = bus::model::Command::Refuse {
-        task: id.clone(),
-        reason: String::new(),
-    };
-    let unit = crate::commands::acting_unit(&state, &p.0, &refuse);
+    let unit = crate::commands::acting_unit_for_task(&state, &p.0, &id);
     command(&state, &p, "refuse", Some(("task", id)), &body, unit.as_deref()).await
 }
 

@@ -3,6 +3,7 @@
 //! not met — respond re-dispatches (again, when the second unit does not
 //! sign either), arrive sends a backup, reinforce requests units — each
 //! rung an escalation to the supervisor; an operator's `hold` stops it.
+//! (The reinforce rungs are shown in `clock.rs`.)
 //! Also: `reinforce_units` for every priority, and a unit type asked for
 //! with none free is sent when one frees up.
 
@@ -100,7 +101,7 @@ async fn respond_climbs_until_a_unit_signs_even_when_the_second_does_not() {
 }
 
 #[tokio::test]
-async fn arrive_sends_a_backup_and_reinforce_keeps_requesting() {
+async fn arrive_sends_a_backup_until_a_unit_is_on_scene() {
     let ctx = ladder_ctx("ladder-arrive").await;
     unit(&ctx, "u-1", UnitType::PatrolCar, LAT + 0.001, LON).await;
     unit(&ctx, "u-2", UnitType::PatrolCar, LAT + 0.002, LON).await;

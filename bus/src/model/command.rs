@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Caller, Feedback, Location, Timestamp, UnitType};
+use super::{Caller, Feedback, Location, Timestamp, UnitType, is_false};
 
 /// What a unit may report with the `status` command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,10 +39,6 @@ impl AssignMode {
     fn is_replace(&self) -> bool {
         *self == AssignMode::Replace
     }
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 fn yes() -> bool {

@@ -147,8 +147,17 @@ async fn publish(
 /// The unit a unit command acts for when the caller names none: the
 /// token's unit, or for an admin's ack or refuse the task's own unit.
 pub fn acting_unit(state: &AppState, claims: &Claims, command: &Command) -> Option<String> {
-    match (claims.role, command) {
-        (Role::Admin, Command::Ack { task } | Command::Refuse { task, .. }) => state.view.task(task).map(|t| t.unit),
+    match command {
+        Command::Ack { task } | Command::Refuse { task, .. } => acting_unit_for_task(state, claims, task),
+        _ => claims.unit.clone(),
+    }
+}
+
+/// The unit a command about `task` acts for: the token's unit, or for an
+/// admin the task's own unit.
+pub fn acting_unit_for_task(state: &AppState, claims: &Claims, task: &str) -> Option<String> {
+    match claims.role {
+        Role::Admin => state.view.task(task).map(|t| t.unit),
         _ => claims.unit.clone(),
     }
 }

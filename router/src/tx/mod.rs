@@ -359,17 +359,23 @@ impl<'b> Tx<'b> {
         for task in &mut self.tasks {
             task.changes.clear();
         }
-        let incidents = self.incidents.clone();
-        for incident in &incidents {
+        for index in 0..self.incidents.len() {
+            let incident = &self.incidents[index];
             let point = engine.dispatch_point(incident);
-            for assigned in incident.units.iter().filter(|u| u.status.is_open()) {
-                let Some(mut task) = self.task(&assigned.task).await? else {
+            let open: Vec<String> = incident
+                .units
+                .iter()
+                .filter(|u| u.status.is_open())
+                .map(|u| u.task.clone())
+                .collect();
+            for task_id in open {
+                let Some(mut task) = self.task(&task_id).await? else {
                     continue;
                 };
                 if !task.status.is_open() {
                     continue;
                 }
-                let changes = briefing::brief(&mut task, incident, point);
+                let changes = briefing::brief(&mut task, &self.incidents[index], point);
                 let written = self.tasks.iter().any(|t| t.id == task.id);
                 if !changes.is_empty() || written {
                     // A task issued in this transaction is new to its unit:
